@@ -1,0 +1,294 @@
+"""Typed, frozen configuration: ``conf/base.yaml`` + an overlay + ``--set a.b=c`` overrides.
+
+Resolution order (later wins):
+
+1. the defaults declared on the models below (so a missing base.yaml still gives a working config);
+2. ``base.yaml`` from the directory of the overlay (or the project's ``conf/``);
+3. the overlay (``--conf local``, ``--conf cluster`` or ``--conf path/to/file.yaml``);
+4. ``--set key.path=value`` overrides, values parsed as YAML scalars (``null``, ``0.1``, ``[a, b]``).
+
+Unknown keys and bad values raise :class:`ConfigError` naming the key path, e.g.
+``matrix.half_life_days: Input should be greater than 0 (got -1)``.
+
+This module and :mod:`recsys_batch.spark` are the only ones that read environment variables.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsys_batch.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONF_DIR = PROJECT_ROOT / "conf"
+CONF_DIR_ENV = "RECSYS_BATCH_CONF_DIR"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class WarehouseConfig(_Model):
+    """Where tables live. Any Hadoop URI works (``s3a://bucket/recsys``, ``hdfs:///recsys``)."""
+
+    root: str = "warehouse"
+    #: where ``generate`` / ``import-movielens`` write raw inputs; sources may refer to it as {raw_root}
+    raw_root: str = "warehouse/raw"
+
+    def table_path(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/delta/{name}"
+
+
+class SparkConfig(_Model):
+    #: ``null`` leaves the master to spark-submit / the cluster manager.
+    master: str | None = "local[2]"
+    app_name: str = "recsys-batch"
+    shuffle_partitions: int = Field(8, ge=1)
+    ui_enabled: bool = False
+    driver_memory: str | None = "4g"
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    #: folder of pre-fetched Delta jars (``make jars``); env RECSYS_BATCH_JARS_DIR overrides;
+    #: default ``<project>/.jars``.
+    jars_dir: str | None = None
+    #: Maven coordinates resolved by Spark at start-up (clusters with network). Used when no jar folder
+    #: is found, or always when ``prefer_packages`` is true.
+    jars_packages: str | None = None
+    prefer_packages: bool = False
+    #: any other Spark conf, passed through verbatim
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+SourceFormat = Literal["parquet", "csv", "json", "delta"]
+
+
+class SourceConfig(_Model):
+    """One input. ``path`` may hold ``{date}`` (YYYY-MM-DD of the run) and ``{raw_root}``."""
+
+    path: str
+    format: SourceFormat = "parquet"
+    options: dict[str, str] = Field(default_factory=dict)
+    required: bool = False
+
+    def resolve(self, run_date: date, raw_root: str) -> str:
+        return self.path.format(date=run_date.isoformat(), raw_root=raw_root.rstrip("/"))
+
+
+class SourcesConfig(_Model):
+    events: SourceConfig = SourceConfig(path="{raw_root}/events/dt={date}", required=True)
+    users: SourceConfig | None = SourceConfig(path="{raw_root}/users/dt={date}")
+    items: SourceConfig | None = SourceConfig(path="{raw_root}/items/dt={date}")
+    follows: SourceConfig | None = SourceConfig(path="{raw_root}/follows/dt={date}")
+    rank_logs: SourceConfig | None = SourceConfig(path="{raw_root}/rank_logs/dt={date}")
+
+    @model_validator(mode="after")
+    def _events_required(self) -> SourcesConfig:
+        if not self.events.required:
+            raise ValueError("sources.events.required must stay true: events are the required input")
+        return self
+
+
+class EventsConfig(_Model):
+    """The event types of the contract and their weight in the user-item matrix.
+
+    A type with weight 0 (impressions) is kept in ``events`` but does not enter the matrix.
+    """
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "impression": 0.0, "click": 1.0, "like": 2.0, "collect": 3.0, "share": 4.0, "comment": 3.0,
+        }
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _check(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("at least one event type is needed")
+        bad = {k: w for k, w in v.items() if w < 0}
+        if bad:
+            raise ValueError(f"weights must be >= 0, got {bad}")
+        if not any(w > 0 for w in v.values()):
+            raise ValueError("at least one event type needs a positive weight")
+        return {k.strip().lower(): float(w) for k, w in v.items()}
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self.weights)
+
+    @property
+    def positive_types(self) -> list[str]:
+        return sorted(k for k, w in self.weights.items() if w > 0)
+
+
+class IngestConfig(_Model):
+    #: a batch with more rejected rows than this share fails before anything is published
+    max_reject_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    #: a timestamp later than the end of the run date plus this is ``future_ts``
+    future_tolerance_minutes: int = Field(10, ge=0)
+    #: an event older than the start of the run date minus this many days is ``stale_ts``;
+    #: ``null`` accepts any age (one-off historical imports)
+    max_lateness_days: int | None = Field(3, ge=0)
+    #: pattern for string timestamps (Spark datetime pattern); ``null`` = ISO-8601
+    ts_format: str | None = None
+    #: unit of numeric (epoch) timestamps
+    epoch_unit: Literal["s", "ms"] = "s"
+    #: separator of ``tags`` when a source stores them as one string (CSV)
+    tags_separator: str = "|"
+
+
+class MatrixConfig(_Model):
+    """score(u, i) = sum over events of weight(type) * 0.5 ** (age_days / half_life_days)."""
+
+    lookback_days: int = Field(30, ge=1)
+    half_life_days: float = Field(7.0, gt=0)
+    #: heavy-user cap: keep this many items per user (``cap_order`` decides which)
+    max_items_per_user: int = Field(500, ge=1)
+    cap_order: Literal["recent", "score"] = "recent"
+    #: length of ``user_lastn`` (most recent positive items per user)
+    lastn: int = Field(50, ge=1)
+
+
+class GenerateConfig(_Model):
+    """Synthetic log: sizes and rates. Deterministic for a given seed and end date."""
+
+    seed: int = 42
+    days: int = Field(14, ge=1)
+    n_users: int = Field(3000, ge=10)
+    n_items: int = Field(2000, ge=10)
+    n_authors: int = Field(200, ge=1)
+    n_categories: int = Field(20, ge=1)
+    n_clusters: int = Field(8, ge=1)
+    #: mean impressions per active user and day (heavy-tailed across users)
+    impressions_per_user_day: float = Field(20.0, gt=0)
+    #: share of users active on a given day
+    daily_active_ratio: float = Field(0.35, gt=0, le=1)
+    #: probability that an impression comes from the user's own interest cluster
+    in_cluster_ratio: float = Field(0.75, ge=0, le=1)
+    #: Zipf exponent of item popularity within a cluster
+    zipf_exponent: float = Field(1.1, gt=0)
+    #: share of rows planted to break the contract (so quarantine has something to show)
+    bad_row_ratio: float = Field(0.002, ge=0, le=0.5)
+
+
+class Config(_Model):
+    warehouse: WarehouseConfig = WarehouseConfig()
+    spark: SparkConfig = SparkConfig()
+    sources: SourcesConfig = SourcesConfig()
+    events: EventsConfig = EventsConfig()
+    ingest: IngestConfig = IngestConfig()
+    matrix: MatrixConfig = MatrixConfig()
+    generate: GenerateConfig = GenerateConfig()
+
+    def config_hash(self) -> str:
+        """Stable short hash of the effective config (run records, manifests)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+
+
+def conf_dir() -> Path:
+    return Path(os.environ.get(CONF_DIR_ENV, DEFAULT_CONF_DIR))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"matrix.half_life_days=3"`` -> (["matrix", "half_life_days"], 3)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key.path=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set has an empty key in {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from e
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(data)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {'.'.join(parts)}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def resolve_conf_file(conf: str | os.PathLike[str] | None) -> Path | None:
+    """``None`` -> no overlay; ``"local"`` -> <conf_dir>/local.yaml; anything else is a path."""
+    if conf is None:
+        return None
+    p = Path(conf)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return conf_dir() / f"{conf}.yaml"
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(conf: str | os.PathLike[str] | None = None, overrides: list[str] | None = None,
+                base: bool = True) -> Config:
+    """Load base.yaml + overlay + overrides into a validated, frozen :class:`Config`."""
+    overlay = resolve_conf_file(conf)
+    data: dict[str, Any] = {}
+    if base:
+        base_file = (overlay.parent if overlay else conf_dir()) / "base.yaml"
+        if base_file.exists():
+            data = _read_yaml(base_file)
+    if overlay is not None:
+        data = deep_merge(data, _read_yaml(overlay))
+    data = apply_overrides(data, overrides or [])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None

@@ -1,0 +1,286 @@
+"""Contract validation and quarantine: raw sources -> validated Delta tables partitioned by ``dt``.
+
+For each input (events required; users, items, follows, rank_logs optional) and run date D:
+
+1. read the source (Parquet / CSV / JSON lines / Delta; ``{date}`` in the path selects D's batch);
+2. fail with :class:`SchemaError` if a required column is missing (naming source, path and column);
+3. normalise types: ids trimmed strings, event types lower-case, timestamps from timestamp / epoch /
+   string columns, numbers with ``try_cast`` (a bad value is a rejected row, not a failed job);
+4. give each row the *first* reason it breaks the contract (see :data:`REASONS`), or none;
+5. count rows per reason (one small aggregate); if the rejected share exceeds
+   ``ingest.max_reject_ratio`` write only the quarantine and raise :class:`RejectRatioExceeded`, so
+   nothing is published; otherwise replace partition ``dt = D`` of ``<table>`` and of
+   ``rejected_<table>`` (raw values as strings + ``reason`` + ``source_file``).
+
+Re-running a date replaces both partitions: same input, same output, no duplicates.
+
+Cost: one scan of the batch, one shuffle for exact-duplicate detection (hash-partitioned on all
+columns, so a hot user or item does not skew it), the annotated batch persisted once and written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recsys_batch.config import Config, SourceConfig
+from recsys_batch.errors import MissingInput, RecsysBatchError, RejectRatioExceeded
+from recsys_batch.io.tables import path_exists, read_source, replace_partition, require_columns
+from recsys_batch.schemas import CONTRACT, EVENT_TIME, RANK_STAGES, REQUIRED, Col, rejected_schema
+
+log = logging.getLogger(__name__)
+
+TABLES = ("events", "users", "items", "follows", "rank_logs")
+
+#: every quarantine reason, in the order they are checked (the first that applies is recorded)
+REASONS = (
+    "null_<column>",          # a key column is null or blank (user_id, item_id, ...)
+    "unparsable_<column>",    # a timestamp that does not parse
+    "invalid_<column>",       # a number / boolean that does not parse
+    "unknown_event_type",     # not one of events.weights
+    "unknown_stage",          # rank_logs.stage not recall / prerank / rank
+    "future_ts",              # later than end of the run date + future_tolerance_minutes
+    "stale_ts",               # older than start of the run date - max_lateness_days (increments only)
+    "negative_<column>",      # watch_time_s, position, age, duration_s below 0
+    "duplicate",              # an exact copy of an earlier row of the batch
+    "duplicate_key",          # users / items: a second row for the same id
+)
+_NON_NEGATIVE = {Col.WATCH, Col.POSITION, Col.AGE, Col.DURATION}
+_SNAPSHOTS = {"users": Col.USER, "items": Col.ITEM}
+_RAW = "__raw_"
+_REASON = "__reason"
+
+
+@dataclass
+class IngestReport:
+    table: str
+    run_date: date
+    source: str
+    total: int = 0
+    valid: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    skipped: str | None = None
+
+    @property
+    def n_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+
+def _ts_lit(d: datetime) -> Column:
+    return F.to_timestamp(F.lit(d.strftime("%Y-%m-%d %H:%M:%S")))
+
+
+def _parse_ts(c: Column, dtype: T.DataType, ts_format: str | None, epoch_unit: str) -> Column:
+    if isinstance(dtype, T.TimestampType):
+        return c
+    if isinstance(dtype, T.TimestampNTZType | T.DateType):
+        return c.cast(T.TimestampType())  # read as UTC: the session time zone is UTC
+    def from_epoch(x: Column) -> Column:
+        secs = x.try_cast("double") / (1000.0 if epoch_unit == "ms" else 1.0)
+        return F.timestamp_micros((secs * 1_000_000).cast("long"))
+
+    if isinstance(dtype, T.NumericType):
+        return from_epoch(c)
+    s = F.trim(c.cast("string"))
+    parsed = F.try_to_timestamp(s, F.lit(ts_format)) if ts_format else F.try_to_timestamp(s)
+    # CSV and JSON carry epochs as text: all-digit strings are epochs in ``epoch_unit``
+    return F.when(s.rlike(r"^[0-9]+(\.[0-9]+)?$"), from_epoch(s)).otherwise(parsed)
+
+
+def _parse_bool(c: Column, dtype: T.DataType) -> Column:
+    if isinstance(dtype, T.BooleanType):
+        return c
+    s = F.lower(F.trim(c.cast("string")))
+    return (F.when(s.isin("true", "1", "yes", "y", "t"), F.lit(True))
+             .when(s.isin("false", "0", "no", "n", "f"), F.lit(False)))
+
+
+def _parse_tags(c: Column, dtype: T.DataType, sep: str) -> Column:
+    if isinstance(dtype, T.ArrayType):
+        return F.transform(c.cast("array<string>"), lambda x: F.trim(x))
+    s = F.trim(c.cast("string"))
+    parts = F.split(s, _regex_escape(sep))
+    return F.when(s.isNull() | (s == ""), F.lit(None).cast("array<string>")).otherwise(
+        F.filter(F.transform(parts, lambda x: F.trim(x)), lambda x: x != ""))
+
+
+def _regex_escape(s: str) -> str:
+    import re
+
+    return re.escape(s)
+
+
+def _normalise(name: str, c: Column, src_type: T.DataType, dst_type: T.DataType, cfg: Config) -> Column:
+    if isinstance(dst_type, T.StringType):
+        s = F.trim(c.cast("string"))
+        s = F.when(s == "", F.lit(None)).otherwise(s)
+        return F.lower(s) if name in (Col.EVENT, Col.STAGE, Col.MEDIA_TYPE, Col.GENDER) else s
+    if isinstance(dst_type, T.TimestampType):
+        return _parse_ts(c, src_type, cfg.ingest.ts_format, cfg.ingest.epoch_unit)
+    if isinstance(dst_type, T.BooleanType):
+        return _parse_bool(c, src_type)
+    if isinstance(dst_type, T.ArrayType):
+        return _parse_tags(c, src_type, cfg.ingest.tags_separator)
+    return c.try_cast(dst_type)
+
+
+def validate(raw: DataFrame, table: str, cfg: Config, run_date: date, where: str = "") -> DataFrame:
+    """Annotate a raw batch: contract columns normalised, ``__raw_<col>`` kept, ``__reason`` set.
+
+    A row whose ``__reason`` is null satisfies the contract. Pure transform (no I/O, no action).
+    """
+    schema = CONTRACT[table]
+    require_columns(raw, REQUIRED[table], table=f"source {table}", where=where)
+    extra = sorted(set(raw.columns) - set(schema.fieldNames()) - {Col.SOURCE_FILE})
+    if extra:
+        log.info("source %s: ignoring columns outside the contract: %s", table, ", ".join(extra))
+    types = dict((f.name, f.dataType) for f in raw.schema.fields)
+    cols, raws = [], []
+    for f in schema.fields:
+        src = F.col(f"`{f.name}`") if f.name in raw.columns else F.lit(None).cast(f.dataType)
+        src_type = types.get(f.name, f.dataType)
+        cols.append(_normalise(f.name, src, src_type, f.dataType, cfg).alias(f.name))
+        raws.append(src.cast("string").alias(_RAW + f.name))
+    source_file = F.col(Col.SOURCE_FILE) if Col.SOURCE_FILE in raw.columns else F.lit(where)
+    df = raw.select(*cols, *raws, source_file.alias(Col.SOURCE_FILE))
+
+    start = datetime.combine(run_date, time.min)
+    end = start + timedelta(days=1)
+    future_limit = _ts_lit(end + timedelta(minutes=cfg.ingest.future_tolerance_minutes))
+    ts_col = EVENT_TIME[table]
+    checks: list[tuple[Column, str]] = []
+    for f in schema.fields:  # key columns first
+        if not f.nullable and not isinstance(f.dataType, T.TimestampType | T.BooleanType):
+            checks.append((F.col(f.name).isNull(), f"null_{f.name}"))
+    for f in schema.fields:
+        raw_c = F.col(_RAW + f.name)
+        if isinstance(f.dataType, T.TimestampType):
+            if not f.nullable:
+                checks.append((raw_c.isNull(), f"null_{f.name}"))
+            checks.append((raw_c.isNotNull() & F.col(f.name).isNull(), f"unparsable_{f.name}"))
+        elif isinstance(f.dataType, T.NumericType | T.BooleanType):
+            if not f.nullable:
+                checks.append((raw_c.isNull(), f"null_{f.name}"))
+            checks.append((raw_c.isNotNull() & (F.trim(raw_c) != "") & F.col(f.name).isNull(),
+                           f"invalid_{f.name}"))
+    if table == "events":
+        checks.append((~F.col(Col.EVENT).isin(*cfg.events.types), "unknown_event_type"))
+    if table == "rank_logs":
+        checks.append((~F.col(Col.STAGE).isin(*RANK_STAGES), "unknown_stage"))
+    if ts_col:
+        checks.append((F.col(ts_col) > future_limit, "future_ts"))
+        if table not in _SNAPSHOTS and cfg.ingest.max_lateness_days is not None:
+            stale_limit = _ts_lit(start - timedelta(days=cfg.ingest.max_lateness_days))
+            checks.append((F.col(ts_col) < stale_limit, "stale_ts"))
+    for f in schema.fields:
+        if f.name in _NON_NEGATIVE:
+            checks.append((F.col(f.name) < 0, f"negative_{f.name}"))
+
+    reason: Column = F.lit(None).cast("string")
+    for cond, label in reversed(checks):
+        reason = F.when(F.coalesce(cond, F.lit(False)), F.lit(label)).otherwise(reason)
+    df = df.withColumn(_REASON, reason)
+
+    # exact duplicates among otherwise valid rows: keep the first (by source file), reject the rest
+    names = schema.fieldNames()
+    valid = F.col(_REASON).isNull()
+    dup_w = Window.partitionBy(valid, *[F.col(_RAW + n) for n in names]).orderBy(Col.SOURCE_FILE)
+    df = df.withColumn(_REASON, F.when(valid & (F.row_number().over(dup_w) > 1), F.lit("duplicate"))
+                       .otherwise(F.col(_REASON)))
+    if table in _SNAPSHOTS:  # a dimension snapshot holds one row per id
+        key = _SNAPSHOTS[table]
+        valid = F.col(_REASON).isNull()
+        key_w = Window.partitionBy(valid, F.col(key)).orderBy(*[F.col(_RAW + n).asc_nulls_last() for n in names])
+        df = df.withColumn(_REASON, F.when(valid & (F.row_number().over(key_w) > 1), F.lit("duplicate_key"))
+                           .otherwise(F.col(_REASON)))
+    return df
+
+
+def accepted(annotated: DataFrame, table: str) -> DataFrame:
+    """Rows that satisfy the contract, in the contract schema."""
+    schema = CONTRACT[table]
+    return annotated.where(F.col(_REASON).isNull()).select(
+        *[F.col(f.name).cast(f.dataType) for f in schema.fields])
+
+
+def rejected(annotated: DataFrame, table: str) -> DataFrame:
+    """Rows that break the contract: raw values as strings, the reason and the source file."""
+    schema = rejected_schema(table)
+    return annotated.where(F.col(_REASON).isNotNull()).select(
+        *[F.col(_RAW + n).alias(n) for n in CONTRACT[table].fieldNames()],
+        F.col(_REASON).alias(Col.REASON), F.col(Col.SOURCE_FILE),
+    ).select(*[F.col(f.name).cast(f.dataType) for f in schema.fields])
+
+
+@dataclass
+class _Prepared:
+    report: IngestReport
+    annotated: DataFrame | None = None
+    error: RejectRatioExceeded | None = None
+
+
+def _prepare(spark: SparkSession, cfg: Config, table: str, src: SourceConfig, run_date: date) -> _Prepared:
+    """Validate one source, write its quarantine partition and check its reject ratio (no publish)."""
+    path = src.resolve(run_date, cfg.warehouse.raw_root)
+    report = IngestReport(table, run_date, path)
+    if not path_exists(spark, path):
+        if src.required:
+            raise MissingInput(f"required source {table} has no data for {run_date}: {path} does not exist")
+        report.skipped = f"no data at {path}"
+        log.info("optional source %s: %s, skipped", table, report.skipped)
+        return _Prepared(report)
+    annotated = validate(read_source(spark, src, path), table, cfg, run_date, where=path).persist()
+    counts = {r[0]: r[1] for r in annotated.groupBy(_REASON).count().collect()}
+    report.valid = counts.pop(None, 0)
+    report.rejected = counts
+    report.total = report.valid + report.n_rejected
+    if report.total == 0 and src.required:
+        annotated.unpersist()
+        raise MissingInput(f"required source {table} for {run_date} at {path} holds no rows")
+    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        log.warning("%s %s: %d of %d rows rejected: %s", table, run_date, n, report.total, reason)
+    quarantine = f"rejected_{table}"
+    # the quarantine is written whatever happens next: nothing is lost, and a re-run replaces it
+    replace_partition(rejected(annotated, table), cfg.warehouse, quarantine, run_date, count=False)
+    error = None
+    if report.total and report.n_rejected / report.total > cfg.ingest.max_reject_ratio:
+        error = RejectRatioExceeded(table, run_date.isoformat(), report.total, report.n_rejected, counts,
+                                    cfg.ingest.max_reject_ratio, cfg.warehouse.table_path(quarantine))
+    return _Prepared(report, annotated, error)
+
+
+def run_ingest(spark: SparkSession, cfg: Config, run_date: date,
+               tables: tuple[str, ...] = TABLES) -> list[IngestReport]:
+    """Ingest every configured source for ``run_date``.
+
+    Two phases: every source is validated and quarantined first; only if none exceeds its reject
+    ratio are the validated tables published (one Delta commit each). A bad batch in any table
+    publishes nothing but the quarantine.
+    """
+    prepared: list[_Prepared] = []
+    try:
+        for table in tables:
+            src = getattr(cfg.sources, table)
+            if src is None:
+                prepared.append(_Prepared(IngestReport(table, run_date, "", skipped="not configured")))
+                continue
+            prepared.append(_prepare(spark, cfg, table, src, run_date))
+        errors = [p.error for p in prepared if p.error is not None]
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise RecsysBatchError("\n".join(str(e) for e in errors))
+        for p in prepared:
+            if p.annotated is not None:
+                replace_partition(accepted(p.annotated, p.report.table), cfg.warehouse, p.report.table,
+                                  run_date, count=False)
+    finally:
+        for p in prepared:
+            if p.annotated is not None:
+                p.annotated.unpersist()
+    return [p.report for p in prepared]
