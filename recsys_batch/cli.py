@@ -1,0 +1,291 @@
+"""The ``recsys-batch`` command. Renders tables and progress; the work happens in the stages.
+
+Every command takes ``--conf`` (overlay name or YAML path), ``--set key.path=value`` (repeatable) and,
+where it processes a day, ``--date YYYY-MM-DD`` (default: yesterday, UTC). Errors a user can act on
+are printed without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from recsys_batch.config import Config, load_config
+from recsys_batch.errors import RecsysBatchError
+from recsys_batch.pipeline import STAGES
+from recsys_batch.runner import default_run_date, parse_date, run_stage
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Offline daily pipeline of a recommender system (Spark + Delta Lake + PyTorch).")
+console = Console()
+
+ConfOpt = Annotated[str | None, typer.Option("--conf", "-c", help="overlay in conf/ (local, cluster) or a YAML path")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, key.path=value (repeatable)")]
+DateOpt = Annotated[str | None, typer.Option("--date", "-d", help="run date YYYY-MM-DD (default: yesterday UTC)")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+                        force=True)
+    logging.getLogger("recsys_batch").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a RecsysBatchError as one clear message and exit 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecsysBatchError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _cfg(conf: str | None, overrides: list[str] | None) -> Config:
+    return load_config(conf, list(overrides or []))
+
+
+def _date(value: str | None) -> date:
+    return parse_date(value) if value else default_run_date()
+
+
+def render_result(title: str, result: Any) -> None:
+    """Render what a stage returned: a list of reports / table stats, as one table."""
+    rows = result if isinstance(result, list) else [result]
+    if not rows:
+        return
+    first = rows[0]
+    if hasattr(first, "n_rejected"):  # ingest reports
+        t = Table(title=title)
+        for c in ("table", "source", "rows", "valid", "rejected", "reasons"):
+            t.add_column(c, justify="right" if c in ("rows", "valid", "rejected") else "left")
+        for r in rows:
+            if r.skipped:
+                t.add_row(r.table, r.source or "-", "-", "-", "-", f"skipped: {r.skipped}")
+            else:
+                reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(r.rejected.items(), key=lambda kv: -kv[1]))
+                t.add_row(r.table, r.source, f"{r.total:,}", f"{r.valid:,}", f"{r.n_rejected:,}", reasons or "-")
+        console.print(t)
+    elif hasattr(first, "rows") and hasattr(first, "path"):  # TableStats
+        t = Table(title=title)
+        for c in ("table", "dt", "rows", "delta version", "path"):
+            t.add_column(c, justify="right" if c in ("rows", "delta version") else "left")
+        for s in rows:
+            t.add_row(s.table, s.run_date.isoformat(), f"{s.rows:,}", str(s.version), s.path)
+        console.print(t)
+    else:
+        console.print(result)
+
+
+def _stage_command(stage_name: str, doc: str) -> None:
+    def command(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
+                verbose: VerboseOpt = False) -> None:
+        _setup_logging(verbose)
+        cfg = _cfg(conf, set_)
+        res = run_stage(stage_name, cfg, _date(date_))
+        render_result(f"{stage_name} {res.run_date} ({res.seconds:.1f}s)", res.result)
+
+    command.__doc__ = doc
+    app.command(stage_name, help=doc)(_friendly(command))
+
+
+for _stage in STAGES:
+    _stage_command(_stage.name, _stage.doc)
+
+
+@app.command("fetch-jars")
+@_friendly
+def fetch_jars(dest: Annotated[Path | None, typer.Option(help="jar folder (default <project>/.jars)")] = None) -> None:
+    """Download the Delta Lake jars once with Maven, so Spark sessions start with no network."""
+    _setup_logging()
+    from recsys_batch.spark import DEFAULT_JARS_DIR, fetch_delta_jars
+
+    jars = fetch_delta_jars(dest)
+    console.print(f"{len(jars)} jars in {dest or DEFAULT_JARS_DIR}")
+
+
+@app.command("check-env")
+@_friendly
+def check_env() -> None:
+    """Check Java (Spark 4 needs 17+) and the Delta jars."""
+    from recsys_batch.spark import check_java, delta_jars, jars_dir
+
+    major = check_java()
+    cfg = load_config("local")
+    folder = jars_dir(cfg.spark)
+    console.print(f"Java {major}: ok")
+    console.print(f"Delta jars in {folder}: {'ok' if delta_jars(folder) else 'MISSING (run make jars)'}")
+
+
+@app.command("config")
+@_friendly
+def show_config(conf: ConfOpt = None, set_: SetOpt = None) -> None:
+    """Print the effective configuration (base + overlay + --set) as YAML, with its hash."""
+    cfg = _cfg(conf, set_)
+    console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False)
+    console.print(f"# config hash {cfg.config_hash()}")
+
+
+@app.command("generate")
+@_friendly
+def generate(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
+             out: Annotated[str | None, typer.Option(help="raw root (default warehouse.raw_root)")] = None,
+             verbose: VerboseOpt = False) -> None:
+    """Write a deterministic synthetic raw log (all five inputs) for generate.days days ending at --date.
+
+    Sizes and rates are the generate.* config keys, e.g. --set generate.n_users=100000.
+    """
+    _setup_logging(verbose)
+    from recsys_batch.generate import generate_synthetic
+
+    cfg = _cfg(conf, set_)
+    end = _date(date_)
+    t0 = time.perf_counter()
+    counts = generate_synthetic(cfg.generate, end, out or cfg.warehouse.raw_root)
+    t = Table(title=f"synthetic raw log, {cfg.generate.days} days to {end} ({time.perf_counter() - t0:.1f}s)")
+    t.add_column("table")
+    t.add_column("rows", justify="right")
+    for k, v in counts.items():
+        t.add_row(k, f"{v:,}")
+    console.print(t)
+
+
+@app.command("import-movielens")
+@_friendly
+def import_movielens_cmd(
+    path: Annotated[Path, typer.Argument(help="folder with MovieLens-100K u.data, u.item, u.user")],
+    out: Annotated[Path, typer.Option(help="where to write the raw inputs and the overlay")] = Path("warehouse/movielens/raw"),
+    like_min_rating: Annotated[int, typer.Option(help="a rating >= this is also a like")] = 4,
+    click_min_rating: Annotated[int, typer.Option(help="a rating >= this is a click")] = 1,
+) -> None:
+    """Convert MovieLens-100K into the input contract (one batch) plus a config overlay to ingest it."""
+    _setup_logging()
+    from recsys_batch.movielens import import_movielens
+
+    res = import_movielens(path, out, like_min_rating=like_min_rating, click_min_rating=click_min_rating)
+    console.print(res)
+    overlay = Path(out) / "movielens.yaml"
+    console.print(f"next: recsys-batch ingest --conf {overlay} --date {res.get('last_date')} && "
+                  f"recsys-batch matrix --conf {overlay} --date {res.get('last_date')}")
+
+
+@app.command("show")
+@_friendly
+def show(table: Annotated[str, typer.Argument(help="table name, e.g. user_item_matrix")],
+         date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
+         limit: Annotated[int, typer.Option(help="rows to print")] = 20) -> None:
+    """Print the rows of one table partition (for debugging)."""
+    _setup_logging()
+    from recsys_batch.io.tables import read_table
+    from recsys_batch.spark import get_spark
+
+    cfg = _cfg(conf, set_)
+    spark = get_spark(cfg.spark)
+    df = read_table(spark, cfg.warehouse, table, _date(date_) if date_ else None)
+    console.print(f"{table}: {df.count():,} rows")
+    _print_df(df, limit)
+
+
+def _print_df(df: Any, limit: int, title: str | None = None) -> None:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(c, overflow="fold", max_width=48)
+    for row in df.limit(limit).collect():
+        t.add_row(*[_short(v) for v in row])
+    console.print(t)
+
+
+def _short(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+@app.command("demo")
+@_friendly
+def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
+         fresh: Annotated[bool, typer.Option("--fresh/--keep", help="wipe the local warehouse first")] = True,
+         rows: Annotated[int, typer.Option(help="sample rows printed per table")] = 3,
+         verbose: VerboseOpt = False) -> None:
+    """End to end on the embedded default: generate -> ingest every day -> matrix, then print each table."""
+    _setup_logging(verbose)
+    from recsys_batch.generate import generate_synthetic
+    from recsys_batch.io.tables import read_table, table_exists
+    from recsys_batch.spark import get_spark
+
+    cfg = _cfg(conf, set_)
+    end = _date(date_)
+    days = [end - timedelta(days=i) for i in range(cfg.generate.days - 1, -1, -1)]
+    root = cfg.warehouse.root
+    if fresh and "://" not in root and Path(root).exists():
+        shutil.rmtree(root)
+    timings: list[tuple[str, float, str]] = []
+
+    t0 = time.perf_counter()
+    counts = generate_synthetic(cfg.generate, end, cfg.warehouse.raw_root)
+    timings.append(("generate", time.perf_counter() - t0, ", ".join(f"{k}={v:,}" for k, v in counts.items())))
+
+    t0 = time.perf_counter()
+    spark = get_spark(cfg.spark)
+    timings.append(("spark session", time.perf_counter() - t0, spark.version))
+
+    with console.status("") as status:
+        for d in days:
+            status.update(f"ingest {d}")
+            res = run_stage("ingest", cfg, d, spark)
+            rej = sum(r.n_rejected for r in res.result)
+            valid = sum(r.valid for r in res.result)
+            timings.append((f"ingest {d}", res.seconds, f"{valid:,} valid, {rej:,} quarantined"))
+        for stage in STAGES:
+            if stage.name == "ingest":
+                continue
+            status.update(f"{stage.name} {end}")
+            res = run_stage(stage.name, cfg, end, spark)
+            timings.append((f"{stage.name} {end}", res.seconds,
+                            ", ".join(f"{s.table}={s.rows:,}" for s in res.result)))
+
+    tables = [o for s in STAGES for o in s.outputs] + [f"rejected_{t}" for t in STAGES[0].outputs]
+    summary = Table(title=f"tables in {root} (dt={end})")
+    for c in ("table", "rows dt", "rows all dates"):
+        summary.add_column(c, justify="left" if c == "table" else "right")
+    for name in tables:
+        if not table_exists(spark, cfg.warehouse, name):
+            summary.add_row(name, "-", "-")
+            continue
+        df = read_table(spark, cfg.warehouse, name)
+        summary.add_row(name, f"{df.where(df.dt == end.isoformat()).count():,}", f"{df.count():,}")
+    for name in [o for s in STAGES for o in s.outputs] + ["rejected_events"]:
+        if table_exists(spark, cfg.warehouse, name):
+            df = read_table(spark, cfg.warehouse, name, end)
+            _print_df(df, rows, title=name)
+    console.print(summary)
+
+    tt = Table(title="steps")
+    tt.add_column("step")
+    tt.add_column("seconds", justify="right")
+    tt.add_column("result", overflow="fold")
+    for name, secs, note in timings:
+        tt.add_row(name, f"{secs:.1f}", note)
+    tt.add_row("total", f"{sum(s for _, s, _ in timings):.1f}", "")
+    console.print(tt)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
