@@ -157,6 +157,77 @@ class MatrixConfig(_Model):
     lastn: int = Field(50, ge=1)
 
 
+class PairCapConfig(_Model):
+    """Caps that bound pair generation (shared by the similarity jobs).
+
+    ItemCF costs sum_u min(|I(u)|, max_items_per_user)^2 pairs; UserCF and Swing cost
+    sum_i min(|N(i)|, max_users_per_item)^2. Capped rows are chosen by ``cap_strategy``:
+    ``recent`` keeps the most recent interactions, ``sample`` a deterministic hash sample (seeded).
+    """
+
+    max_items_per_user: int = Field(200, ge=1)
+    max_users_per_item: int = Field(1000, ge=1)
+    cap_strategy: Literal["recent", "sample"] = "recent"
+    #: drop pairs co-occurring in fewer than this many users (items) before scoring
+    min_support: int = Field(1, ge=1)
+    #: neighbours kept per key
+    top_k: int = Field(100, ge=1)
+    seed: int = 17
+
+
+class ItemCFConfig(PairCapConfig):
+    """``penalized``: sum_{u in N(i)&N(j)} 1/log(1+|I(u)|) / (|N(i)|^(1-alpha) |N(j)|^alpha);
+    ``cosine``: sum_u r(u,i) r(u,j) / (||r(.,i)|| ||r(.,j)||) on the weighted matrix."""
+
+    kind: Literal["penalized", "cosine"] = "penalized"
+    #: popularity penalty on the neighbour j (0.5 = symmetric; larger punishes hot neighbours more)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    #: divide each user's contribution by log(1+|I(u)|) (heavy users count less)
+    activity_penalty: bool = True
+    #: users per block in the sparse-product implementation (bounds executor memory)
+    block_users: int = Field(20000, ge=1)
+
+
+class SwingConfig(PairCapConfig):
+    """sim(i,j) = sum_{u<v in N(i)&N(j)} w_u w_v / (alpha + |I(u)&I(v)|), w_u = (|I(u)|+c)^-beta."""
+
+    alpha: float = Field(1.0, gt=0.0)
+    c: float = Field(0.0, ge=0.0)
+    beta: float = Field(0.5, ge=0.0)
+    max_users_per_item: int = Field(1000, ge=1)
+
+
+class UserCFConfig(PairCapConfig):
+    """sim(u,v) = sum_{i in I(u)&I(v)} 1/log(1+|N(i)|) / sqrt(|I(u)| |I(v)|)."""
+
+    top_k: int = Field(50, ge=1)
+
+
+class RecallConfig(_Model):
+    """Recall lists per channel: top ``top_n`` items per user, excluding items the user has."""
+
+    top_n: int = Field(200, ge=1)
+    #: item-based channels score from the user's last N items (user_lastn)
+    lastn_items: int = Field(20, ge=1)
+    #: user-based channel: each neighbour contributes its most recent N items
+    neighbor_recent_items: int = Field(50, ge=1)
+    #: popular channel: time-decayed popularity over this window
+    popular_lookback_days: int = Field(7, ge=1)
+    popular_half_life_days: float = Field(2.0, gt=0)
+    #: users to build recall lists for: those active within this many days of the run date
+    active_days: int = Field(30, ge=1)
+
+
+class EvaluateConfig(_Model):
+    split: Literal["user_chrono", "time"] = "user_chrono"
+    #: user_chrono: share of each user's newest positive interactions held out
+    holdout_ratio: float = Field(0.2, gt=0.0, lt=1.0)
+    #: time: events in the last N days are held out
+    holdout_days: int = Field(1, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [20, 50, 100])
+    channels: list[str] = Field(default_factory=lambda: ["itemcf", "swing", "usercf", "popular"])
+
+
 class GenerateConfig(_Model):
     """Synthetic log: sizes and rates. Deterministic for a given seed and end date."""
 
@@ -186,6 +257,11 @@ class Config(_Model):
     events: EventsConfig = EventsConfig()
     ingest: IngestConfig = IngestConfig()
     matrix: MatrixConfig = MatrixConfig()
+    itemcf: ItemCFConfig = ItemCFConfig()
+    swing: SwingConfig = SwingConfig()
+    usercf: UserCFConfig = UserCFConfig()
+    recall: RecallConfig = RecallConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     generate: GenerateConfig = GenerateConfig()
 
     def config_hash(self) -> str:

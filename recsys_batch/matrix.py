@@ -98,8 +98,16 @@ def positive_window_events(events: DataFrame, weights: dict[str, float], run_dat
 
 
 def _conform(df: DataFrame, schema: T.StructType) -> DataFrame:
-    """Columns in schema order, cast to the schema's types."""
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    """Columns in schema order, atomic ones cast to the schema's types.
+
+    Nested columns are built with the right types and left alone: Spark refuses to cast an array of
+    structs with nullable fields to one declaring them NOT NULL.
+    """
+    nested = (T.ArrayType, T.StructType, T.MapType)
+    return df.select(*[
+        F.col(f.name) if isinstance(f.dataType, nested) else F.col(f.name).cast(f.dataType).alias(f.name)
+        for f in schema.fields
+    ])
 
 
 # ---- user-item matrix ----------------------------------------------------------------------------------
@@ -222,7 +230,8 @@ def update_id_map(previous: DataFrame | None, ids: DataFrame, id_col: str, idx_c
     offset = 0
     if previous is not None:
         require_columns(previous, [id_col, idx_col], table="previous id map", where="update_id_map")
-        previous = previous.select(F.col(id_col).cast(id_type).alias(id_col), F.col(idx_col).cast("long").alias(idx_col))
+        previous = previous.select(F.col(id_col).cast(id_type).alias(id_col),
+                                   F.col(idx_col).cast(T.LongType()).alias(idx_col))
         new = new.join(previous.select(id_col), on=id_col, how="left_anti")
         top = previous.agg(F.max(idx_col)).first()[0]
         offset = 0 if top is None else int(top) + 1
