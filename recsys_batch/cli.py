@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -29,7 +30,7 @@ from recsys_batch.runner import default_run_date, parse_date, run_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Offline daily pipeline of a recommender system (Spark + Delta Lake + PyTorch).")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfOpt = Annotated[str | None, typer.Option("--conf", "-c", help="overlay in conf/ (local, cluster) or a YAML path")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, key.path=value (repeatable)")]
@@ -207,7 +208,7 @@ def show(table: Annotated[str, typer.Argument(help="table name, e.g. user_item_m
 def _print_df(df: Any, limit: int, title: str | None = None) -> None:
     t = Table(title=title)
     for c in df.columns:
-        t.add_column(c, overflow="fold", max_width=48)
+        t.add_column(c, no_wrap=True, overflow="ellipsis", max_width=40)
     for row in df.limit(limit).collect():
         t.add_row(*[_short(v) for v in row])
     console.print(t)
@@ -272,9 +273,9 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         df = read_table(spark, cfg.warehouse, name)
         summary.add_row(name, f"{df.where(df.dt == end.isoformat()).count():,}", f"{df.count():,}")
     for name in [o for s in STAGES for o in s.outputs] + ["rejected_events"]:
-        if table_exists(spark, cfg.warehouse, name):
-            df = read_table(spark, cfg.warehouse, name, end)
-            _print_df(df, rows, title=name)
+        if rows and table_exists(spark, cfg.warehouse, name):
+            df = read_table(spark, cfg.warehouse, name, end).drop("dt", "source_file")
+            _print_df(df, rows, title=f"{name} (dt={end}, {rows} rows)")
     console.print(summary)
 
     tt = Table(title="steps")

@@ -232,7 +232,7 @@ class GenerateConfig(_Model):
     """Synthetic log: sizes and rates. Deterministic for a given seed and end date."""
 
     seed: int = 42
-    days: int = Field(14, ge=1)
+    days: int = Field(7, ge=1)
     n_users: int = Field(3000, ge=10)
     n_items: int = Field(2000, ge=10)
     n_authors: int = Field(200, ge=1)
@@ -241,7 +241,7 @@ class GenerateConfig(_Model):
     #: mean impressions per active user and day (heavy-tailed across users)
     impressions_per_user_day: float = Field(20.0, gt=0)
     #: share of users active on a given day
-    daily_active_ratio: float = Field(0.35, gt=0, le=1)
+    daily_active_ratio: float = Field(0.5, gt=0, le=1)
     #: probability that an impression comes from the user's own interest cluster
     in_cluster_ratio: float = Field(0.75, ge=0, le=1)
     #: Zipf exponent of item popularity within a cluster

@@ -101,6 +101,7 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
         "spark.ui.enabled": str(cfg.ui_enabled).lower(),
+        "spark.ui.showConsoleProgress": "false",  # the CLI shows its own progress
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         # Delta: small logs need few partitions to rebuild a snapshot (default 50 is slow locally)
         "spark.databricks.delta.snapshotPartitions": str(max(2, cfg.shuffle_partitions)),
