@@ -119,3 +119,19 @@ def rejected_schema(table: str) -> T.StructType:
     return T.StructType(
         [_f(f.name, S) for f in CONTRACT[table].fields] + [_f(Col.REASON, S, False), _f(Col.SOURCE_FILE, S)]
     )
+
+# ---- similarity and recall ---------------------------------------------------------------------------
+
+#: itemcf_topk / swing_topk: for each item its top-K neighbours, rank 1 = most similar
+ITEM_SIM = T.StructType([
+    _f(Col.ITEM, S, False), _f(Col.NEIGHBOR, S, False), _f(Col.SCORE, D, False), _f(Col.RANK, I, False),
+])
+#: usercf_topk
+USER_SIM = T.StructType([
+    _f(Col.USER, S, False), _f(Col.NEIGHBOR, S, False), _f(Col.SCORE, D, False), _f(Col.RANK, I, False),
+])
+#: recall_<channel>: top-N items per user, rank 1 = best, never an item the user already has
+RECALL = T.StructType([
+    _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(Col.SCORE, D, False), _f(Col.RANK, I, False),
+])
+RECALL_CHANNELS = ("itemcf", "swing", "usercf", "popular")
