@@ -109,7 +109,7 @@ def replace_partition(df: DataFrame, wh: WarehouseConfig, name: str, run_date: d
     spark = df.sparkSession
     version = DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
     rows = spark.read.format("delta").load(path).where(F.col(Col.DT) == d).count() if count else -1
-    log.info("wrote %s dt=%s: %s rows (version %s)", name, d, rows, version)
+    log.info("wrote %s dt=%s (delta version %s%s)", name, d, version, f", {rows:,} rows" if count else "")
     return TableStats(name, run_date, rows, path, version)
 
 
