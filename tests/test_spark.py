@@ -77,3 +77,18 @@ def test_artifact_names():
 def test_session_has_delta_and_utc(spark):
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert spark.conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
+
+
+def test_make_check_java_says_which_version(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "bin").mkdir()
+    _fake_java(tmp_path / "bin", 'openjdk version "11.0.2" 2019-01-15')
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    res = subprocess.run(["make", "-s", "check-java"], cwd=root, env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "Java 11 found, Spark 4 needs Java 17" in res.stderr
+    ok = subprocess.run(["make", "-s", "check-java"], cwd=root, capture_output=True, text=True)
+    assert ok.returncode == 0 and ": ok" in ok.stdout
