@@ -38,11 +38,12 @@ DateOpt = Annotated[str | None, typer.Option("--date", "-d", help="run date YYYY
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 
 
-def _setup_logging(verbose: bool = False) -> None:
+def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
                         force=True)
-    logging.getLogger("recsys_batch").setLevel(logging.DEBUG if verbose else logging.INFO)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("recsys_batch").setLevel(level)
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
@@ -226,7 +227,7 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
          rows: Annotated[int, typer.Option(help="sample rows printed per table")] = 3,
          verbose: VerboseOpt = False) -> None:
     """End to end on the embedded default: generate -> ingest every day -> matrix, then print each table."""
-    _setup_logging(verbose)
+    _setup_logging(verbose, quiet=True)
     from recsys_batch.generate import generate_synthetic
     from recsys_batch.io.tables import read_table, table_exists
     from recsys_batch.spark import get_spark

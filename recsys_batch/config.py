@@ -214,6 +214,9 @@ class RecallConfig(_Model):
     #: popular channel: time-decayed popularity over this window
     popular_lookback_days: int = Field(7, ge=1)
     popular_half_life_days: float = Field(2.0, gt=0)
+    #: popular channel: the global list is top_n + this many items; a user who has seen more than this
+    #: many of them gets fewer than top_n. Costs only the (broadcast) list length, not rows per user.
+    popular_margin_items: int = Field(500, ge=0)
     #: users to build recall lists for: those active within this many days of the run date
     active_days: int = Field(30, ge=1)
 
@@ -250,6 +253,127 @@ class GenerateConfig(_Model):
     bad_row_ratio: float = Field(0.002, ge=0, le=0.5)
 
 
+class BetaPrior(_Model):
+    """Beta(alpha, beta) prior of a rate: smoothed = (successes + alpha) / (trials + alpha + beta)."""
+
+    alpha: float = Field(gt=0)
+    beta: float = Field(gt=0)
+
+
+def _default_priors() -> dict[str, BetaPrior]:
+    # ctr = clicks / impressions; the others are per click (like / click, ...)
+    return {
+        "ctr": BetaPrior(alpha=1.0, beta=19.0), "like": BetaPrior(alpha=1.0, beta=4.0),
+        "collect": BetaPrior(alpha=1.0, beta=9.0), "share": BetaPrior(alpha=1.0, beta=19.0),
+        "comment": BetaPrior(alpha=1.0, beta=19.0),
+    }
+
+
+class FeaturesConfig(_Model):
+    """User/item profiles, windowed statistics, fitted transforms, feature spec and coverage.
+
+    Features of run date D use only data with ts < D + 1 day 00:00 UTC (batches dt <= D).
+    """
+
+    #: statistic windows, in days ending at the end of D (1 = the day D itself)
+    windows_days: list[int] = Field(default_factory=lambda: [1, 7, 30])
+    #: window of the breakdowns (ctr per media type / top categories / audience bucket / author)
+    breakdown_window_days: int = Field(30, ge=1)
+    #: ``fixed``: the priors below; ``moments``: fitted per table and rate by the method of moments on the
+    #: entities with at least ``prior_min_trials`` trials in the longest window (fixed prior as fallback)
+    prior_mode: Literal["fixed", "moments"] = "fixed"
+    priors: dict[str, BetaPrior] = Field(default_factory=_default_priors)
+    prior_min_trials: int = Field(20, ge=1)
+    #: media types that get a per-media ctr column on users (``ctr_media_<type>_<w>d``)
+    media_types: list[str] = Field(default_factory=lambda: ["video", "note", "product"])
+    #: genders (lower-case) that get an audience ctr column on items (``ctr_gender_<g>_<w>d``)
+    genders: list[str] = Field(default_factory=lambda: ["f", "m"])
+    #: age bucket edges in years: [18, 25] -> lt18, 18_24, 25p
+    age_bounds_years: list[int] = Field(default_factory=lambda: [18, 25, 35, 45, 55])
+    #: item duration bucket edges in seconds: [15, 60] -> lt15, 15_60, 60p
+    duration_bounds_s: list[float] = Field(default_factory=lambda: [15.0, 60.0, 180.0, 600.0])
+    #: user top categories by clicks in the breakdown window
+    top_categories: int = Field(3, ge=1)
+    geohash_prefix_len: int = Field(4, ge=1)
+    #: a user registered less than this many days before the end of D is ``is_new``
+    new_user_days: int = Field(7, ge=1)
+    #: activity level from active days in the breakdown window: < [0] inactive, < [1] low, < [2] mid, else high
+    activity_level_days: list[int] = Field(default_factory=lambda: [1, 4, 15])
+    #: vocabularies: the most frequent values (count >= vocab_min_count), at most vocab_max_size
+    vocab_max_size: int = Field(10_000, ge=1)
+    vocab_min_count: int = Field(1, ge=1)
+    #: out-of-vocabulary values hash into this many buckets (1 = a single OOV index)
+    oov_buckets: int = Field(1, ge=1)
+    #: a categorical with more distinct values than vocab_max_size (a huge id space) hashes its tail into
+    #: this many buckets instead
+    hash_buckets: int = Field(100_000, ge=1)
+    #: quantile bucket boundaries per numeric feature (num_buckets - 1 boundaries before de-duplication)
+    quantile_buckets: int = Field(10, ge=2)
+    quantile_relative_error: float = Field(0.001, ge=0.0, lt=1.0)
+    #: coverage (share of non-missing values) below this is a warning, per feature; overrides by name
+    coverage_min: float = Field(0.5, ge=0.0, le=1.0)
+    coverage_min_by_feature: dict[str, float] = Field(default_factory=dict)
+    #: features (sample column names, u_* / i_*) whose coverage below threshold fails the stage
+    required_features: list[str] = Field(default_factory=lambda: ["i_category", "i_media_type"])
+
+    @field_validator("windows_days")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError(f"windows must be >= 1 day, got {v}")
+        return sorted(set(v))
+
+    @field_validator("age_bounds_years", "duration_bounds_s", "activity_level_days")
+    @classmethod
+    def _increasing(cls, v: list) -> list:
+        if any(b >= a for a, b in zip(v[1:], v[:-1], strict=False)):
+            raise ValueError(f"bounds must be strictly increasing, got {v}")
+        return v
+
+    @field_validator("activity_level_days")
+    @classmethod
+    def _three(cls, v: list[int]) -> list[int]:
+        if len(v) != 3:
+            raise ValueError(f"activity_level_days needs 3 thresholds (low, mid, high), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _prior_keys(self) -> FeaturesConfig:
+        missing = {"ctr", "like", "collect", "share", "comment"} - set(self.priors)
+        if missing:
+            raise ValueError(f"features.priors lacks {sorted(missing)}")
+        return self
+
+
+class SamplesConfig(_Model):
+    """Recall (two-tower) and ranking samples of label day D, joined with features of D - 1."""
+
+    seed: int = 23
+    #: last-N positive items strictly before each sample's ts (sequence feature)
+    lastn: int = Field(20, ge=1)
+    # ---- recall samples
+    #: hot-item positive down-sampling (word2vec style): f = item's share of the day's positives,
+    #: keep = min(1, (sqrt(f / t) + 1) * t / f); null keeps every positive
+    hot_item_share_threshold: float | None = Field(1e-3, gt=0.0, le=1.0)
+    #: negatives per positive (easy + hard)
+    negatives_per_positive: int = Field(4, ge=1)
+    #: easy negatives ~ (clicks + popularity_smoothing) ** exponent over the catalog (item_features D-1)
+    popularity_exponent: float = Field(0.75, ge=0.0)
+    popularity_window_days: int = Field(7, ge=1)
+    popularity_smoothing: float = Field(0.0, ge=0.0)
+    #: easy draws per needed negative before excluding the user's own items (a shortfall is dropped)
+    easy_oversample: float = Field(2.0, ge=1.0)
+    #: share of the negatives per positive taken from rank_logs (cut at prerank/rank); easy ones fill the rest
+    hard_negative_ratio: float = Field(0.25, ge=0.0, le=1.0)
+    # ---- ranking samples
+    #: keep rate alpha of non-clicked impressions; calibrate with p = a*q / (1 - q + a*q)
+    negative_keep_rate: float = Field(0.5, gt=0.0, le=1.0)
+    # ---- files for the PyTorch loader
+    rows_per_file: int = Field(200_000, ge=1)
+    #: Parquet row-group size in bytes (parquet.block.size)
+    row_group_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+
+
 class Config(_Model):
     warehouse: WarehouseConfig = WarehouseConfig()
     spark: SparkConfig = SparkConfig()
@@ -262,6 +386,8 @@ class Config(_Model):
     usercf: UserCFConfig = UserCFConfig()
     recall: RecallConfig = RecallConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    samples: SamplesConfig = SamplesConfig()
     generate: GenerateConfig = GenerateConfig()
 
     def config_hash(self) -> str:

@@ -242,8 +242,10 @@ def _prepare(spark: SparkSession, cfg: Config, table: str, src: SourceConfig, ru
     if report.total == 0 and src.required:
         annotated.unpersist()
         raise MissingInput(f"required source {table} for {run_date} at {path} holds no rows")
-    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        log.warning("%s %s: %d of %d rows rejected: %s", table, run_date, n, report.total, reason)
+    if counts:
+        log.warning("%s %s: %s of %s rows rejected (%.2f%%): %s", table, run_date, f"{report.n_rejected:,}",
+                    f"{report.total:,}", 100.0 * report.n_rejected / report.total,
+                    ", ".join(f"{k}={v:,}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
     quarantine = f"rejected_{table}"
     # the quarantine is written whatever happens next: nothing is lost, and a re-run replaces it
     replace_partition(rejected(annotated, table), cfg.warehouse, quarantine, run_date, count=False)

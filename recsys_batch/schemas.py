@@ -135,3 +135,140 @@ RECALL = T.StructType([
     _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(Col.SCORE, D, False), _f(Col.RANK, I, False),
 ])
 RECALL_CHANNELS = ("itemcf", "swing", "usercf", "popular")
+
+# ---- features and samples ------------------------------------------------------------------------------
+# The feature tables' columns depend on the config (windows, media types, genders, age buckets), so their
+# schemas are functions of :class:`recsys_batch.config.FeaturesConfig`. docs/features_and_samples.md
+# describes every column.
+
+
+class FCol:
+    """Column names of ``user_features`` / ``item_features`` / ``samples_*`` (besides :class:`Col`)."""
+
+    AGE_BUCKET = "age_bucket"
+    GEOHASH_PREFIX = "geohash_prefix"
+    ACCOUNT_AGE_DAYS = "account_age_days"
+    IS_NEW = "is_new"
+    ACTIVITY_LEVEL = "activity_level"
+    TOP_CATEGORIES = "top_categories"
+    TOP_CATEGORY_CTRS = "top_category_ctrs"
+    DURATION_BUCKET = "duration_bucket"
+    ITEM_AGE_DAYS = "item_age_days"
+    AUTHOR_ITEMS = "author_items"
+    AUTHOR_FOLLOWERS = "author_followers"
+    # samples
+    GROUP = "group_id"
+    LABEL = "label"
+    SOURCE = "source"
+    LABEL_WEIGHT = "label_weight"
+    SAMPLING_PROB = "item_sampling_prob"
+    POS_FREQ = "item_pos_freq"
+    KEEP_PROB = "keep_prob"
+    LASTN_ITEMS = "lastn_items"
+    CLICK = "click"
+    LIKE = "like"
+    COLLECT = "collect"
+    SHARE = "share"
+    COMMENT = "comment"
+    NEG_KEEP_RATE = "neg_keep_rate"
+    SAMPLE_WEIGHT = "sample_weight"
+
+
+#: counted event types -> plural used in column names (impressions_7d, clicks_7d, ...)
+STAT_EVENTS = {"impression": "impressions", "click": "clicks", "like": "likes", "collect": "collects",
+               "share": "shares", "comment": "comments"}
+#: per-click engagement rates (like_rate_7d = smoothed likes / clicks)
+ENGAGEMENTS = ("like", "collect", "share", "comment")
+#: prefixes of the feature columns joined into samples
+USER_PREFIX, ITEM_PREFIX = "u_", "i_"
+RECALL_SOURCES = ("positive", "easy", "hard")
+
+
+def count_col(event: str, window_days: int) -> str:
+    return f"{STAT_EVENTS[event]}_{window_days}d"
+
+
+def ctr_col(window_days: int) -> str:
+    return f"ctr_{window_days}d"
+
+
+def rate_col(engagement: str, window_days: int) -> str:
+    return f"{engagement}_rate_{window_days}d"
+
+
+def bucket_labels(bounds: list) -> list[str]:
+    """Edges [18, 25] -> ["lt18", "18_24", "25p"] for ints; [15.0, 60.0] -> ["lt15", "15_60", "60p"]."""
+    def fmt(x: float) -> str:
+        return f"{x:g}".replace(".", "p")
+
+    if not bounds:
+        return ["all"]
+    ints = all(float(b).is_integer() and not isinstance(b, float) for b in bounds)
+    labels = [f"lt{fmt(bounds[0])}"]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        labels.append(f"{fmt(lo)}_{fmt(hi - 1) if ints else fmt(hi)}")
+    labels.append(f"{fmt(bounds[-1])}p")
+    return labels
+
+
+def _stat_fields(windows: list[int]) -> list[T.StructField]:
+    out = []
+    for w in windows:
+        out += [_f(count_col(e, w), L, False) for e in STAT_EVENTS]
+        out += [_f(ctr_col(w), D, False)] + [_f(rate_col(e, w), D, False) for e in ENGAGEMENTS]
+    return out
+
+
+def user_features_schema(fc) -> T.StructType:  # noqa: ANN001 - FeaturesConfig (no import cycle)
+    b = fc.breakdown_window_days
+    return T.StructType([
+        _f(Col.USER, S, False), _f(Col.GENDER, S), _f(Col.AGE, I), _f(FCol.AGE_BUCKET, S), _f(Col.CITY, S),
+        _f(FCol.GEOHASH_PREFIX, S), _f(Col.DEVICE_OS, S), _f(Col.OCCUPATION, S), _f(FCol.ACCOUNT_AGE_DAYS, D),
+        _f(FCol.IS_NEW, B), _f(f"active_days_{b}d", I, False), _f(FCol.ACTIVITY_LEVEL, S, False),
+        *_stat_fields(fc.windows_days),
+        *[_f(f"ctr_media_{m}_{b}d", D, False) for m in fc.media_types],
+        _f(FCol.TOP_CATEGORIES, T.ArrayType(S, False), False), _f(FCol.TOP_CATEGORY_CTRS, T.ArrayType(D, False), False),
+    ])
+
+
+def item_features_schema(fc) -> T.StructType:  # noqa: ANN001
+    b = fc.breakdown_window_days
+    return T.StructType([
+        _f(Col.ITEM, S, False), _f(Col.AUTHOR, S), _f(Col.CATEGORY, S), _f(Col.TAGS, T.ArrayType(S)),
+        _f(Col.MEDIA_TYPE, S), _f(Col.DURATION, D), _f(FCol.DURATION_BUCKET, S), _f(FCol.GEOHASH_PREFIX, S),
+        _f(Col.CITY, S), _f(FCol.ITEM_AGE_DAYS, D),
+        *_stat_fields(fc.windows_days),
+        *[_f(f"ctr_gender_{g}_{b}d", D, False) for g in fc.genders],
+        *[_f(f"ctr_age_{a}_{b}d", D, False) for a in bucket_labels(fc.age_bounds_years)],
+        _f(FCol.AUTHOR_ITEMS, L), _f(FCol.AUTHOR_FOLLOWERS, L), _f(f"author_impressions_{b}d", L),
+        _f(f"author_clicks_{b}d", L), _f(f"author_ctr_{b}d", D),
+    ])
+
+
+def _prefixed(schema: T.StructType, key: str, prefix: str) -> list[T.StructField]:
+    return [_f(prefix + f.name, f.dataType) for f in schema.fields if f.name != key]
+
+
+def samples_recall_schema(fc) -> T.StructType:  # noqa: ANN001
+    """One row per (user, item) pair: the positive of a group or one of its negatives."""
+    return T.StructType([
+        _f(FCol.GROUP, S, False), _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(FCol.LABEL, I, False),
+        _f(FCol.SOURCE, S, False), _f(Col.REQUEST, S), _f(Col.TS, TS, False), _f(FCol.LABEL_WEIGHT, D, False),
+        _f(FCol.SAMPLING_PROB, D, False), _f(FCol.POS_FREQ, D, False), _f(FCol.KEEP_PROB, D, False),
+        _f(FCol.LASTN_ITEMS, T.ArrayType(S, False), False),
+        *_prefixed(user_features_schema(fc), Col.USER, USER_PREFIX),
+        *_prefixed(item_features_schema(fc), Col.ITEM, ITEM_PREFIX),
+    ])
+
+
+def samples_ranking_schema(fc) -> T.StructType:  # noqa: ANN001
+    """One row per kept impression of the label day."""
+    return T.StructType([
+        _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(Col.REQUEST, S), _f(Col.POSITION, I),
+        _f(Col.TS, TS, False),
+        *[_f(c, I, False) for c in (FCol.CLICK, FCol.LIKE, FCol.COLLECT, FCol.SHARE, FCol.COMMENT)],
+        _f(Col.WATCH, D, False), _f(FCol.NEG_KEEP_RATE, D, False), _f(FCol.SAMPLE_WEIGHT, D, False),
+        _f(FCol.LASTN_ITEMS, T.ArrayType(S, False), False),
+        *_prefixed(user_features_schema(fc), Col.USER, USER_PREFIX),
+        *_prefixed(item_features_schema(fc), Col.ITEM, ITEM_PREFIX),
+    ])
