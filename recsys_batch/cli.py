@@ -97,16 +97,19 @@ def render_result(title: str, result: Any) -> None:
         console.print(result)
 
 
+NoCheckOpt = Annotated[bool, typer.Option("--no-check", help="run even if upstream stages are not complete")]
+
+
 def _stage_command(stage_name: str, doc: str) -> None:
     def command(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
-                verbose: VerboseOpt = False) -> None:
+                no_check: NoCheckOpt = False, verbose: VerboseOpt = False) -> None:
         _setup_logging(verbose)
         cfg = _cfg(conf, set_)
-        res = run_stage(stage_name, cfg, _date(date_))
+        res = run_stage(stage_name, cfg, _date(date_), check_upstream=not no_check)
         render_result(f"{stage_name} {res.run_date} ({res.seconds:.1f}s)", res.result)
 
     command.__doc__ = doc
-    app.command(stage_name, help=doc)(_friendly(command))
+    app.command(stage_name.replace("_", "-"), help=doc)(_friendly(command))
 
 
 for _stage in STAGES:
@@ -220,6 +223,72 @@ def _short(v: Any) -> str:
     return s if len(s) <= 120 else s[:117] + "..."
 
 
+@app.command("status")
+@_friendly
+def status(conf: ConfOpt = None, set_: SetOpt = None,
+           date_: Annotated[str | None, typer.Option("--date", "-d", help="only this run date")] = None,
+           limit: Annotated[int, typer.Option(help="dates shown (newest first)")] = 7) -> None:
+    """The last run of every stage per date, from the _runs table."""
+    from recsys_batch.pipeline import STAGES as stages
+    from recsys_batch.runs import latest_status
+
+    cfg = _cfg(conf, set_)
+    latest = latest_status(cfg.warehouse)
+    dates = sorted({d for _, d in latest}, reverse=True)
+    if date_:
+        dates = [d for d in dates if d == date_]
+    dates = dates[:limit]
+    if not dates:
+        console.print(f"no runs recorded in {cfg.warehouse.table_path('_runs')}")
+        return
+    t = Table(title=f"stage runs ({cfg.warehouse.table_path('_runs')})")
+    t.add_column("stage")
+    for d in dates:
+        t.add_column(d)
+    colour = {"success": "green", "failed": "red"}
+    for st in stages:
+        cells = []
+        for d in dates:
+            rec = latest.get((st.name, d))
+            if rec is None:
+                cells.append("-")
+            else:
+                c = colour.get(rec["status"], "white")
+                cells.append(f"[{c}]{rec['status']}[/] {rec['duration_s']:.0f}s")
+        t.add_row(st.name, *cells)
+    console.print(t)
+    failed = [(k, v) for k, v in latest.items() if v["status"] == "failed" and k[1] in dates]
+    for (st_name, d), rec in sorted(failed):
+        console.print(f"[red]{st_name} {d}[/]: {rec['error']}", highlight=False)
+
+
+@app.command("backfill")
+@_friendly
+def backfill_cmd(
+    from_: Annotated[str, typer.Option("--from", help="first date YYYY-MM-DD")],
+    to: Annotated[str, typer.Option("--to", help="last date YYYY-MM-DD (inclusive)")],
+    conf: ConfOpt = None, set_: SetOpt = None,
+    stages: Annotated[str | None, typer.Option(help="comma-separated stages (default: all)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="re-run stages already complete")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run the stages for each date in order, skipping those already complete unless --force."""
+    from recsys_batch.runner import backfill
+
+    _setup_logging(verbose, quiet=True)
+    cfg = _cfg(conf, set_)
+    names = [s.strip() for s in stages.split(",")] if stages else None
+
+    def show(step: Any) -> None:
+        mark = {"ran": "[green]ran[/]", "skipped": "[dim]skipped (complete)[/]", "failed": "[red]failed[/]"}
+        extra = f" {step.seconds:.1f}s" if step.action == "ran" else f": {step.error}" if step.error else ""
+        console.print(f"{step.run_date} {step.stage:<12} {mark[step.action]}{extra}", highlight=False)
+
+    steps = backfill(cfg, parse_date(from_), parse_date(to), names, force, on_step=show)
+    if steps and steps[-1].action == "failed":
+        raise typer.Exit(1)
+
+
 @app.command("demo")
 @_friendly
 def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
@@ -251,19 +320,21 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     with console.status("") as status:
         for d in days:
             status.update(f"ingest {d}")
+            run_stage("check_input", cfg, d)
             res = run_stage("ingest", cfg, d, spark)
             rej = sum(r.n_rejected for r in res.result)
             valid = sum(r.valid for r in res.result)
             timings.append((f"ingest {d}", res.seconds, f"{valid:,} valid, {rej:,} quarantined"))
         for stage in STAGES:
-            if stage.name == "ingest":
+            if stage.name in ("check_input", "ingest"):
                 continue
             status.update(f"{stage.name} {end}")
             res = run_stage(stage.name, cfg, end, spark)
             timings.append((f"{stage.name} {end}", res.seconds,
                             ", ".join(f"{s.table}={s.rows:,}" for s in res.result)))
 
-    tables = [o for s in STAGES for o in s.outputs] + [f"rejected_{t}" for t in STAGES[0].outputs]
+    ingest_outputs = next(s.outputs for s in STAGES if s.name == "ingest")
+    tables = [o for s in STAGES for o in s.outputs] + [f"rejected_{t}" for t in ingest_outputs]
     summary = Table(title=f"tables in {root} (dt={end})")
     for c in ("table", "rows dt", "rows all dates"):
         summary.add_column(c, justify="left" if c == "table" else "right")

@@ -37,6 +37,10 @@ class MissingInput(RecsysBatchError):
     """A required input (source path or upstream table partition) does not exist."""
 
 
+class UpstreamIncomplete(RecsysBatchError):
+    """A stage was asked to run before the stages it reads from succeeded for the date."""
+
+
 class RejectRatioExceeded(RecsysBatchError):
     """Too many rows of a batch broke the contract; nothing was published."""
 

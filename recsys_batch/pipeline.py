@@ -28,7 +28,11 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        "ingest", "recsys_batch.ingest:run_ingest",
+        "check_input", "recsys_batch.checks:check_input", spark=False,
+        doc="fail clearly when the day's events have not arrived or are fewer than ingest.min_event_rows",
+    ),
+    Stage(
+        "ingest", "recsys_batch.ingest:run_ingest", upstream=("check_input",),
         outputs=("events", "users", "items", "follows", "rank_logs"),
         doc="validate the day's raw inputs into Delta tables; bad rows to rejected_<table>",
     ),

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from recsys_batch.config import Config, load_config
-from recsys_batch.errors import RecsysBatchError
+from recsys_batch.errors import RecsysBatchError, UpstreamIncomplete
 from recsys_batch.pipeline import get_stage
 
 log = logging.getLogger(__name__)
@@ -40,20 +40,118 @@ def parse_date(value: str) -> date:
         raise RecsysBatchError(f"--date must be YYYY-MM-DD, got {value!r}") from None
 
 
-def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None) -> StageResult:
-    stage = get_stage(name)
-    fn = stage.load()
-    t0 = time.perf_counter()
-    log.info("stage %s for %s (config %s)", name, run_date, cfg.config_hash())
-    if stage.spark:
-        if spark is None:
-            from recsys_batch.spark import get_spark
+def output_rows(result: Any) -> dict[str, int]:
+    """{table: rows written} from what a stage returned (TableStats, IngestReport, or an object
+    with an ``output_rows`` mapping)."""
+    if hasattr(result, "output_rows") and isinstance(result.output_rows, dict):
+        return {str(k): int(v) for k, v in result.output_rows.items()}
+    out: dict[str, int] = {}
+    for r in result if isinstance(result, list | tuple) else [result]:
+        if hasattr(r, "table") and hasattr(r, "valid"):  # IngestReport
+            if not getattr(r, "skipped", None):
+                out[r.table] = int(r.valid)
+                out[f"rejected_{r.table}"] = int(r.n_rejected)
+        elif hasattr(r, "table") and hasattr(r, "rows"):
+            out[r.table] = int(r.rows)
+    return out
 
-            spark = get_spark(cfg.spark)
-        result = fn(spark, cfg, run_date)
-    else:
-        result = fn(cfg, run_date)
+
+def missing_upstream(name: str, wh: Any, run_date: date) -> list[str]:
+    """Upstream stages of ``name`` without a successful run for ``run_date``."""
+    from recsys_batch.runs import is_complete, latest_status
+
+    status = latest_status(wh)
+    return [u for u in get_stage(name).upstream if not is_complete(wh, u, run_date, status)]
+
+
+def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None, *, check_upstream: bool = True,
+              record: bool = True) -> StageResult:
+    """Run one stage for one date and append its run record (success or failure) to ``_runs``.
+
+    With ``check_upstream`` the stage refuses to start unless every upstream stage has succeeded
+    for the date, and says which one is missing.
+    """
+    from recsys_batch.runs import FAILED, SUCCESS, RunRecord, append_run, now, table_version
+
+    stage = get_stage(name)
+    if check_upstream:
+        missing = missing_upstream(name, cfg.warehouse, run_date)
+        if missing:
+            raise UpstreamIncomplete(
+                f"stage {name} for {run_date} needs {', '.join(missing)} to have succeeded for {run_date} "
+                f"first (see `recsys-batch status`); run it, or pass --no-check to override")
+    fn = stage.load()
+    inputs = {t: v for u in stage.upstream for t in get_stage(u).outputs
+              if (v := table_version(cfg.warehouse, t)) is not None} if record else {}
+    started, t0 = now(), time.perf_counter()
+    log.info("stage %s for %s (config %s)", name, run_date, cfg.config_hash())
+    try:
+        if stage.spark:
+            if spark is None:
+                from recsys_batch.spark import get_spark
+
+                spark = get_spark(cfg.spark)
+            result = fn(spark, cfg, run_date)
+        else:
+            result = fn(cfg, run_date)
+    except BaseException as e:
+        if record:
+            append_run(cfg.warehouse, RunRecord(name, run_date, started, now(), FAILED, cfg.config_hash(),
+                                                inputs, error=f"{type(e).__name__}: {e}"[:4000]))
+        raise
+    if record:
+        append_run(cfg.warehouse, RunRecord(name, run_date, started, now(), SUCCESS, cfg.config_hash(),
+                                            inputs, output_rows(result)))
     return StageResult(name, run_date, time.perf_counter() - t0, result)
+
+
+@dataclass
+class BackfillStep:
+    run_date: date
+    stage: str
+    action: str  # ran | skipped | failed
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def backfill(cfg: Config, first: date, last: date, stages: list[str] | None = None, force: bool = False,
+             spark: Any = None, on_step: Any = None) -> list[BackfillStep]:
+    """Run ``stages`` (default: the whole pipeline) for every date first..last in order.
+
+    A stage already successful for a date is skipped unless ``force``; every run is idempotent, so a
+    forced re-run replaces the date's partitions with identical results. Stops at the first failure.
+    """
+    from recsys_batch.pipeline import STAGES
+    from recsys_batch.runs import is_complete, latest_status
+
+    names = stages or [s.name for s in STAGES]
+    for n in names:
+        get_stage(n)
+    steps: list[BackfillStep] = []
+    d = first
+    while d <= last:
+        status = latest_status(cfg.warehouse)
+        for n in names:
+            if not force and is_complete(cfg.warehouse, n, d, status):
+                step = BackfillStep(d, n, "skipped")
+            else:
+                if spark is None and get_stage(n).spark:
+                    from recsys_batch.spark import get_spark
+
+                    spark = get_spark(cfg.spark)
+                try:
+                    res = run_stage(n, cfg, d, spark)
+                    step = BackfillStep(d, n, "ran", res.seconds)
+                except RecsysBatchError as e:
+                    steps.append(BackfillStep(d, n, "failed", error=str(e)))
+                    if on_step:
+                        on_step(steps[-1])
+                    return steps
+            steps.append(step)
+            if on_step:
+                on_step(step)
+        d += timedelta(days=1)
+    return steps
 
 
 def job_main(stage: str, argv: list[str] | None = None) -> int:
@@ -62,6 +160,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
     p.add_argument("--date", default=None, help="run date YYYY-MM-DD (default: yesterday, UTC)")
     p.add_argument("--conf", default=None, help="overlay name in conf/ (local, cluster) or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-check", action="store_true", help="run even if upstream stages are not complete")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spark = None
@@ -72,7 +171,7 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
             from recsys_batch.spark import get_spark
 
             spark = get_spark(cfg.spark)
-        res = run_stage(stage, cfg, run_date, spark)
+        res = run_stage(stage, cfg, run_date, spark, check_upstream=not args.no_check)
         log.info("stage %s for %s done in %.1fs: %s", stage, run_date, res.seconds, res.result)
         return 0
     except RecsysBatchError as e:
