@@ -143,6 +143,8 @@ class IngestConfig(_Model):
     epoch_unit: Literal["s", "ms"] = "s"
     #: separator of ``tags`` when a source stores them as one string (CSV)
     tags_separator: str = "|"
+    #: the daily input check fails when the events batch has fewer rows (a truncated delivery)
+    min_event_rows: int = Field(1, ge=0)
 
 
 class MatrixConfig(_Model):
@@ -173,6 +175,8 @@ class PairCapConfig(_Model):
     #: neighbours kept per key
     top_k: int = Field(100, ge=1)
     seed: int = 17
+    #: row blocks (Spark tasks) of the sparse product; ``null`` = 4 x the default parallelism
+    blocks: int | None = Field(None, ge=1)
 
 
 class ItemCFConfig(PairCapConfig):
