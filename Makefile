@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	@echo "[$(now)] venv + install (pip's cache serves torch after the first install)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,airflow]"
 	@rm -f $(VENV)/.installed-* && touch $@
 	@echo "[$(now)] install done"
 

@@ -20,6 +20,12 @@ class Stage:
     outputs: tuple[str, ...] = ()
     spark: bool = True
     doc: str = ""
+    #: entry point under jobs/ (spark-submit for Spark stages, plain python otherwise)
+    job: str = ""
+
+    @property
+    def job_file(self) -> str:
+        return self.job or f"{self.name}.py"
 
     def load(self) -> Any:
         module, func = self.run.split(":")

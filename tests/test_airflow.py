@@ -1,0 +1,97 @@
+"""The daily DAG: loads cleanly, has the pipeline's task graph, and runs end to end with `airflow dags test`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("airflow", reason="the airflow extra is not installed (pip install .[airflow])")
+
+from recsys_batch.pipeline import STAGES  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS = REPO / "airflow_dags"
+
+
+def _airflow_env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "RECSYS_BATCH_PYTHON": sys.executable,
+    }
+
+
+def _py(code: str, home: Path) -> str:
+    res = subprocess.run([sys.executable, "-c", code], env=_airflow_env(home), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def test_dagbag_loads_with_the_pipeline_graph(tmp_path):
+    out = _py(
+        "import json; from airflow.models.dagbag import DagBag\n"
+        f"b = DagBag(dag_folder={str(DAGS)!r}, include_examples=False)\n"
+        "d = b.get_dag('recsys_daily')\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
+        " 'tasks': {t.task_id: sorted(t.upstream_task_ids) for t in d.tasks},"
+        " 'max_active_runs': d.max_active_runs, 'catchup': d.catchup,"
+        " 'retries': d.default_args['retries']}))",
+        tmp_path,
+    )
+    got = json.loads(out)
+    assert got["errors"] == {}
+    assert got["tasks"] == {s.name: sorted(s.upstream) for s in STAGES}
+    assert got["tasks"]["ingest"] == ["check_input"] and got["tasks"]["matrix"] == ["ingest"]
+    assert got["max_active_runs"] == 1 and got["catchup"] is False and got["retries"] == 2
+
+
+def test_dag_file_imports_no_pyspark_or_torch(tmp_path):
+    out = _py(
+        "import runpy, sys\n"
+        f"runpy.run_path({str(DAGS / 'recsys_daily.py')!r})\n"
+        "print(('pyspark' in sys.modules, 'torch' in sys.modules))",
+        tmp_path,
+    )
+    assert out == "(False, False)"
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_runs_every_task(tmp_path):
+    """A real `airflow dags test` over a tiny synthetic warehouse, SQLite metadata DB in a temp AIRFLOW_HOME."""
+    from recsys_batch.config import load_config
+    from recsys_batch.generate import generate_synthetic
+    from recsys_batch.runs import latest_status
+
+    home = tmp_path / "airflow"
+    home.mkdir()
+    overlay = tmp_path / "tiny.yaml"
+    overlay.write_text(
+        f"warehouse: {{root: {tmp_path / 'wh'}, raw_root: {tmp_path / 'raw'}}}\n"
+        "spark: {shuffle_partitions: 2, driver_memory: 1g}\n"
+        "generate: {n_users: 80, n_items: 50, n_authors: 6, n_categories: 4, n_clusters: 2, days: 1,"
+        " impressions_per_user_day: 6}\n"
+    )
+    cfg = load_config(overlay)
+    generate_synthetic(cfg.generate, __import__("datetime").date(2026, 11, 20), cfg.warehouse.raw_root)
+    env = _airflow_env(home)
+    mig = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    assert mig.returncode == 0, mig.stderr[-3000:]
+    run = subprocess.run(
+        ["airflow", "dags", "test", "recsys_daily", "2026-11-20", "-c", json.dumps({"conf_overlay": str(overlay)})],
+        env=env, capture_output=True, text=True, timeout=3000,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-5000:]
+    status = latest_status(cfg.warehouse)
+    assert {s.name: status[(s.name, "2026-11-20")]["status"] for s in STAGES} == {s.name: "success" for s in STAGES}
