@@ -40,8 +40,8 @@ def _py(code: str, home: Path) -> str:
 def test_dagbag_loads_with_the_pipeline_graph(tmp_path):
     out = _py(
         "import json; from airflow.models.dagbag import DagBag\n"
-        f"b = DagBag(dag_folder={str(DAGS)!r}, include_examples=False)\n"
-        "d = b.get_dag('recsys_daily')\n"
+        f"b = DagBag(dag_folder={str(DAGS)!r})\n"
+        "d = b.dags['recsys_daily']\n"
         "print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
         " 'tasks': {t.task_id: sorted(t.upstream_task_ids) for t in d.tasks},"
         " 'max_active_runs': d.max_active_runs, 'catchup': d.catchup,"
