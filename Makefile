@@ -44,9 +44,10 @@ $(JARS): jars/pom.xml | $(STAMP)
 	$(BIN)/recsys-batch fetch-jars
 	@touch $@
 
-# a wheel of the package, for spark-submit --py-files on a cluster
+# the package as a zip for spark-submit --py-files, and a wheel for installing on cluster nodes
 package: setup
-	$(BIN)/python -m pip wheel --no-deps -w dist .
+	$(BIN)/recsys-batch package --out dist
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
 
 clean-warehouse:
 	rm -rf warehouse spark-warehouse metastore_db derby.log

@@ -127,6 +127,15 @@ def fetch_jars(dest: Annotated[Path | None, typer.Option(help="jar folder (defau
     console.print(f"{len(jars)} jars in {dest or DEFAULT_JARS_DIR}")
 
 
+@app.command("package")
+@_friendly
+def package(out: Annotated[Path, typer.Option(help="output folder")] = Path("dist")) -> None:
+    """Build a zip of the package for spark-submit --py-files."""
+    from recsys_batch.spark import build_pyfiles_zip
+
+    console.print(str(build_pyfiles_zip(out)))
+
+
 @app.command("check-env")
 @_friendly
 def check_env() -> None:

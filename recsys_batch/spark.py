@@ -120,8 +120,13 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
 
 
 def _delta_on_classpath(spark) -> bool:  # noqa: ANN001
+    """Delta given to spark-submit (--jars / --packages) or already on the JVM's classpath."""
+    conf = spark.sparkContext.getConf()
+    if "delta-spark" in conf.get("spark.jars", "") or "io.delta" in conf.get("spark.jars.packages", ""):
+        return True
     try:
-        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension")
+        loader = spark.sparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass("io.delta.sql.DeltaSparkSessionExtension")
         return True
     except Exception:  # noqa: BLE001 - py4j raises its own error type
         return False
@@ -199,3 +204,30 @@ def fetch_delta_jars(dest: Path | None = None, pom: Path | None = None) -> list[
     if not delta_jars(dest):
         raise EnvironmentProblem(f"mvn ran but no delta-spark jar landed in {dest}")
     return kept
+
+
+# ---- shipping the package to executors -------------------------------------------------------------
+
+
+def build_pyfiles_zip(out_dir: Path | str = "dist") -> Path:
+    """Zip the ``recsys_batch`` package for ``spark-submit --py-files`` (pure Python, so a zip is enough).
+
+    Executors still need the third-party dependencies (numpy, scipy, pyarrow, ...): on a cluster
+    either install them on the nodes or ship a packed environment with ``--archives`` (venv-pack /
+    conda-pack) and point ``spark.pyspark.python`` at it.
+    """
+    import zipfile
+
+    import recsys_batch
+
+    pkg = Path(recsys_batch.__file__).resolve().parent
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"recsys_batch-{recsys_batch.__version__}.zip"
+    tmp = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(pkg.rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix in (".py", ".yaml", ".json", ".typed"):
+                zf.write(f, f.relative_to(pkg.parent).as_posix())
+    tmp.replace(target)
+    return target
