@@ -378,6 +378,104 @@ class SamplesConfig(_Model):
     row_group_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
 
 
+class TrainConfig(_Model):
+    """Daily full retrain of the two-tower retrieval model (``recsys_batch.training``).
+
+    score(u, i) = cos(u, i) / temperature; loss ``softmax`` = in-batch sampled softmax with the logQ
+    correction s(u, j) - log p_j plus the batch's stored easy/hard negatives as extra columns.
+    """
+
+    seed: int = 7
+    #: output dimension d of both towers (L2-normalised)
+    embedding_dim: int = Field(64, ge=2)
+    #: embedding width of the user id and item id tables (item ids are shared with the last-N pooling)
+    id_embedding_dim: int = Field(32, ge=1)
+    #: embedding width of every other categorical / bucketised feature
+    feature_embedding_dim: int = Field(8, ge=1)
+    #: hidden layers of each tower's MLP
+    hidden_dims: list[int] = Field(default_factory=lambda: [128])
+    temperature: float = Field(0.05, gt=0.0)
+    loss: Literal["softmax", "bce", "pairwise"] = "softmax"
+    #: softmax: subtract log p_j (item_pos_freq) from the in-batch logits (Yi et al. 2019)
+    logq_correction: bool = True
+    #: softmax: the batch's stored easy/hard negative rows as extra (shared) logit columns
+    stored_negatives: bool = True
+    #: pairwise: ``hinge`` max(0, margin - s+ + s-) or ``log`` log(1 + exp(-(s+ - s- - margin)))
+    pairwise_kind: Literal["hinge", "log"] = "log"
+    margin: float = Field(0.1, ge=0.0)
+    #: sample rows (positives + stored negatives) per batch
+    batch_size: int = Field(2048, ge=2)
+    learning_rate: float = Field(0.003, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    epochs: int = Field(1, ge=1)
+    #: stop after this many optimizer steps (benchmarks, smoke runs); null = the whole epoch
+    max_steps: int | None = Field(None, ge=1)
+    #: DataLoader worker processes (0 = read in the training process)
+    num_workers: int = Field(1, ge=0)
+    #: Parquet row groups mixed in the shuffle buffer of a worker (memory: this many row groups)
+    shuffle_row_groups: int = Field(4, ge=1)
+    #: keep at most this many items of the last-N sequence
+    max_lastn: int = Field(20, ge=1)
+    #: spec features not fed to the towers (by sample column name, e.g. u_city)
+    exclude_features: list[str] = Field(default_factory=list)
+    #: start from the newest earlier checkpoint (rows remapped by id value); false = always fresh
+    warm_start: bool = True
+    #: samples with ts in the last this-many hours of the label day are held out of training for the
+    #: publish gate (0 = train on the whole day; the gate then has nothing to evaluate on)
+    holdout_hours: float = Field(4.0, ge=0.0, lt=24.0)
+    torch_threads: int | None = Field(None, ge=1)
+    log_every_steps: int = Field(50, ge=1)
+    progress: bool = True
+    #: user embeddings are exported for users active within this many days (recall.active_days if null)
+    active_days: int | None = Field(None, ge=1)
+
+
+class IndexConfig(_Model):
+    """faiss item index: exact inner product up to ``exact_max_items`` items, else ``kind``."""
+
+    exact_max_items: int = Field(200_000, ge=0)
+    kind: Literal["hnsw", "ivf"] = "hnsw"
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(256, ge=8)
+    #: IVF lists; null = 4 * sqrt(n_items)
+    ivf_nlist: int | None = Field(None, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)
+    #: vectors the IVF quantiser is trained on (a seeded sample)
+    ivf_train_size: int = Field(100_000, ge=1000)
+    #: recall check: users sampled, depth k, floor below which the stage fails
+    recall_sample_users: int = Field(1000, ge=1)
+    recall_k: int = Field(100, ge=1)
+    min_recall: float = Field(0.95, ge=0.0, le=1.0)
+    #: length of recall_two_tower lists; null = recall.top_n
+    top_n: int | None = Field(None, ge=1)
+    search_batch_users: int = Field(4096, ge=1)
+    seed: int = 11
+
+
+class PublishConfig(_Model):
+    """One release per date under ``<warehouse.root>/published/``; one pointer switched atomically."""
+
+    #: releases kept (newest first; the current one is never removed)
+    keep_releases: int = Field(7, ge=1)
+    #: Delta tables copied into the release (partition dt = D); a missing optional one is skipped with a warning
+    tables: list[str] = Field(default_factory=lambda: ["recall_two_tower", "item_embeddings"])
+    optional_tables: list[str] = Field(default_factory=lambda: [
+        "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf", "recall_swing", "recall_usercf",
+        "recall_popular", "user_embeddings"])
+    gate: bool = True
+    #: the metric the gate compares (one of recall@K / ndcg@K with K in gate_ks)
+    gate_metric: str = "recall@50"
+    gate_ks: list[int] = Field(default_factory=lambda: [20, 50])
+    #: refuse when new < previous * (1 - gate_tolerance) (relative drop)
+    gate_tolerance: float = Field(0.05, ge=0.0, le=1.0)
+    #: held-out users evaluated by the gate (a seeded sample)
+    gate_max_users: int = Field(5000, ge=1)
+    #: publish even if the gate refuses (the refusal is still recorded in the manifest)
+    force: bool = False
+    seed: int = 5
+
+
 class Config(_Model):
     warehouse: WarehouseConfig = WarehouseConfig()
     spark: SparkConfig = SparkConfig()
@@ -390,6 +488,9 @@ class Config(_Model):
     usercf: UserCFConfig = UserCFConfig()
     recall: RecallConfig = RecallConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    train: TrainConfig = TrainConfig()
+    index: IndexConfig = IndexConfig()
+    publish: PublishConfig = PublishConfig()
     features: FeaturesConfig = FeaturesConfig()
     samples: SamplesConfig = SamplesConfig()
     generate: GenerateConfig = GenerateConfig()

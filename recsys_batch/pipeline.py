@@ -48,6 +48,27 @@ STAGES: tuple[Stage, ...] = (
                  "id_map_item"),
         doc="time-decayed user-item matrix over the lookback window, last-N, activity, dense ids",
     ),
+    Stage(
+        "itemcf", "recsys_batch.similarity.itemcf:run_itemcf", upstream=("matrix",), outputs=("itemcf_topk",),
+        doc="ItemCF item-item similarity (penalised or cosine), top-K per item",
+    ),
+    Stage(
+        "swing", "recsys_batch.similarity.swing:run_swing", upstream=("matrix",), outputs=("swing_topk",),
+        doc="Swing item-item similarity, top-K per item",
+    ),
+    Stage(
+        "usercf", "recsys_batch.similarity.usercf:run_usercf", upstream=("matrix",), outputs=("usercf_topk",),
+        doc="UserCF user-user similarity, top-K per user",
+    ),
+    Stage(
+        "recall", "recsys_batch.recall.stage:run_recall", upstream=("matrix", "itemcf", "swing", "usercf"),
+        outputs=("recall_itemcf", "recall_swing", "recall_usercf", "recall_popular"),
+        doc="top-N recall lists per channel (item-based, user-based, popular), seen items excluded",
+    ),
+    Stage(
+        "evaluate", "recsys_batch.evaluation.evaluate:run_evaluate", upstream=("matrix",),
+        doc="offline Recall/HitRate/NDCG/MRR, coverage, novelty of the recall channels on a held-out split",
+    ),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}

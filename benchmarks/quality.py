@@ -1,0 +1,242 @@
+"""Offline quality of the recall channels beside the `implicit` library on the same split.
+
+    .venv/bin/python benchmarks/quality.py [--movielens PATH/TO/ml-100k] [--no-synthetic] [--split user_chrono]
+
+For each dataset (synthetic from :func:`recsys_batch.generate.generate_synthetic`; MovieLens-100K when a
+folder with u.data / u.item / u.user is given, imported with :func:`recsys_batch.movielens.import_movielens`
+into a temp folder and read back as raw Parquet) it:
+
+1. splits the events of the matrix window with the evaluator's split (``--split``, default user_chrono);
+2. rebuilds our channels (itemcf, swing, usercf, popular) on the train part and scores them
+   (:func:`recsys_batch.evaluation.evaluate.evaluate_split`);
+3. fits `implicit`'s CosineRecommender, BM25Recommender (item-item kNN, K neighbours) and
+   AlternatingLeastSquares on the *same* train matrix (the decayed weighted score as the value), asks
+   each for the top max(ks) unseen items of every test user and scores them with the same Spark metrics;
+4. prints one table: dataset x channel -> Recall@K, NDCG@K, MRR, coverage@K.
+
+Benchmark-only dependency: ``.venv/bin/pip install implicit`` (0.7.x has Python 3.11 wheels). Without it the
+implicit rows are replaced by a scipy item-kNN cosine / BM25 of the same definition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recsys_batch.config import Config, GenerateConfig, load_config
+from recsys_batch.evaluation.evaluate import evaluate_lists, evaluate_split, make_split
+from recsys_batch.schemas import EVENTS, Col
+
+log = logging.getLogger("benchmarks.quality")
+
+SYNTH_END = date(2026, 11, 20)
+
+
+# ---- datasets ---------------------------------------------------------------------------------------------
+
+
+def synthetic_events(spark, folder: Path, gen: GenerateConfig):
+    from pyspark.sql import functions as F
+
+    from recsys_batch.generate import generate_synthetic
+
+    generate_synthetic(gen, SYNTH_END, folder)
+    ev = (spark.read.parquet(str(folder / "events"))
+          .where(F.col(Col.USER).isNotNull() & F.col(Col.ITEM).isNotNull())  # planted contract violations
+          .select(*[F.col(f.name).cast(f.dataType) for f in EVENTS.fields]))
+    return ev, SYNTH_END, gen.days
+
+
+def movielens_events(spark, src: Path, folder: Path):
+    from pyspark.sql import functions as F
+
+    from recsys_batch.movielens import import_movielens
+
+    stats = import_movielens(src, folder)
+    ev = spark.read.parquet(str(folder / "events")).select(*[F.col(f.name).cast(f.dataType) for f in EVENTS.fields])
+    span = (stats["last_date"] - stats["first_date"]).days + 1
+    return ev, stats["last_date"], span
+
+
+# ---- reference recommenders ----------------------------------------------------------------------------------
+
+
+def _csr(matrix_pdf: pd.DataFrame) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    users = np.sort(matrix_pdf[Col.USER].unique())
+    items = np.sort(matrix_pdf[Col.ITEM].unique())
+    u = np.searchsorted(users, matrix_pdf[Col.USER].to_numpy())
+    i = np.searchsorted(items, matrix_pdf[Col.ITEM].to_numpy())
+    R = sp.coo_matrix((matrix_pdf[Col.SCORE].to_numpy(np.float32), (u, i)), shape=(len(users), len(items))).tocsr()
+    return R, users, items
+
+
+def _scipy_knn(R: sp.csr_matrix, kind: str, k: int) -> sp.csr_matrix:
+    """Item-item cosine or BM25-weighted cosine (as implicit defines them), top-k neighbours per item."""
+    X = R.astype(np.float64).tocsr()
+    if kind == "bm25":  # implicit.nearest_neighbours.bm25_weight, K1=100, B=0.8
+        n = X.shape[0]
+        idf = np.log(n) - np.log1p(np.bincount(X.indices, minlength=X.shape[1]))
+        rows = np.repeat(np.arange(n), np.diff(X.indptr))
+        length = np.asarray(X.sum(axis=1)).ravel()
+        norm = (1 - 0.8) + 0.8 * length / length.mean()
+        X = X.copy()
+        X.data = X.data * (100 + 1.0) / (100 * norm[rows] + X.data) * idf[X.indices]
+        X = X.tocsr()
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
+    norms[norms == 0] = 1
+    Xn = X @ sp.diags(1 / norms)
+    S = (Xn.T @ Xn).tocsr()
+    S.setdiag(0)
+    S.eliminate_zeros()
+    out = []
+    for r in range(S.shape[0]):
+        lo, hi = S.indptr[r], S.indptr[r + 1]
+        idx, val = S.indices[lo:hi], S.data[lo:hi]
+        keep = np.argsort(-val, kind="stable")[:k]
+        out.append(sp.csr_matrix((val[keep], (np.zeros(len(keep), int), idx[keep])), shape=(1, S.shape[1])))
+    return sp.vstack(out).tocsr()
+
+
+def reference_lists(matrix_pdf: pd.DataFrame, test_users: np.ndarray, top_n: int, k_neighbours: int,
+                    seed: int = 17) -> tuple[pd.DataFrame, str]:
+    """(channel, user_id, item_id, rank) of the reference models for the test users found in the train matrix."""
+    R, users, items = _csr(matrix_pdf)
+    uidx = np.searchsorted(users, test_users)
+    uidx = uidx[(uidx < len(users)) & (users[np.minimum(uidx, len(users) - 1)] == test_users)]
+    frames = []
+    try:
+        from implicit.als import AlternatingLeastSquares
+        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+        models = {
+            "implicit_cosine": CosineRecommender(K=k_neighbours),
+            "implicit_bm25": BM25Recommender(K=k_neighbours),
+            "implicit_als": AlternatingLeastSquares(factors=64, regularization=0.05, alpha=10.0, iterations=15,
+                                                    random_state=seed),
+        }
+        source = "implicit"
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "blas"):  # implicit parallelises itself; a BLAS pool on top thrashes
+            for name, model in models.items():
+                model.fit(R, show_progress=False)
+                ids, _ = model.recommend(uidx, R[uidx].tocsr(), N=top_n, filter_already_liked_items=True)
+                frames.append(_frame(name, users[uidx], ids, items))
+    except ImportError:
+        source = "scipy (implicit not installed)"
+        for kind in ("cosine", "bm25"):
+            S = _scipy_knn(R, kind, k_neighbours)
+            scores = (R[uidx] @ S.T).toarray()  # score(u, j) = sum_i r(u, i) sim(i, j), as implicit's kNN
+            scores[R[uidx].toarray() > 0] = -np.inf
+            ids = np.argsort(-scores, axis=1, kind="stable")[:, :top_n]
+            ids = np.where(np.take_along_axis(scores, ids, 1) > 0, ids, -1)
+            frames.append(_frame(f"scipy_{kind}", users[uidx], ids, items))
+    return pd.concat(frames, ignore_index=True), source
+
+
+def _frame(name: str, users: np.ndarray, ids: np.ndarray, items: np.ndarray) -> pd.DataFrame:
+    ids = np.asarray(ids)
+    n = ids.shape[1] if ids.ndim == 2 else 0
+    u = np.repeat(users, n)
+    flat = ids.reshape(-1)
+    rank = np.tile(np.arange(1, n + 1), len(users))
+    ok = (flat >= 0) & (flat < len(items))
+    return pd.DataFrame({"channel": name, Col.USER: u[ok], Col.ITEM: items[flat[ok]],
+                         Col.RANK: rank[ok].astype(np.int32)})
+
+
+# ---- one dataset ---------------------------------------------------------------------------------------------
+
+
+def bench_dataset(spark, name: str, events, run_date: date, lookback_days: int, cfg: Config,
+                  ks: list[int], k_neighbours: int, half_life_days: float | None = None) -> list[dict]:
+    upd = {"lookback_days": lookback_days}
+    if half_life_days is not None:
+        upd["half_life_days"] = half_life_days
+    cfg = cfg.model_copy(update={"matrix": cfg.matrix.model_copy(update=upd)})
+    t0 = time.perf_counter()
+    split = make_split(events, cfg, run_date)
+    result, matrix, test = evaluate_split(split, cfg, run_date, ks=ks)
+    log.info("%s: our channels in %.1fs", name, time.perf_counter() - t0)
+    try:
+        mpdf = matrix.select(Col.USER, Col.ITEM, Col.SCORE).toPandas()
+        test_users = np.sort(test.select(Col.USER).distinct().toPandas()[Col.USER].to_numpy())
+        t1 = time.perf_counter()
+        ref, source = reference_lists(mpdf, test_users, max(ks), k_neighbours)
+        log.info("%s: reference models (%s) in %.1fs", name, source, time.perf_counter() - t1)
+        channels = list(ref["channel"].unique())
+        recs = spark.createDataFrame(ref, "channel string, user_id string, item_id string, rank int")
+        rows = result.rows + evaluate_lists(recs, test, matrix, ks, channels)
+    finally:
+        matrix.unpersist()
+        test.unpersist()
+    for r in rows:
+        r["dataset"] = name
+        r["test_users"] = result.test_users
+        r["train_users"] = result.train_users
+        r["catalog"] = result.catalog_items
+    return rows
+
+
+def render(rows: list[dict], ks: list[int]) -> str:
+    cols = ([f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"] + [f"coverage@{k}" for k in ks])
+    head = ["dataset", "channel"] + cols
+    body = [[r["dataset"], r["channel"]] + ["-" if r.get(c) is None else f"{r[c]:.4f}" for c in cols] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
+    fmt = lambda xs: "  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w)  # noqa: E731
+                               for i, (x, w) in enumerate(zip(xs, widths, strict=True)))
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body]
+    sizes = {r["dataset"]: (r["test_users"], r["train_users"], r["catalog"]) for r in rows}
+    lines.append("")
+    lines += [f"{d}: {t} test users, {u} train users, {c} catalog items" for d, (t, u, c) in sizes.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--movielens", type=Path, default=None, help="folder with MovieLens-100K u.data, u.item, u.user")
+    p.add_argument("--no-synthetic", action="store_true")
+    p.add_argument("--split", choices=["user_chrono", "time"], default="user_chrono")
+    p.add_argument("--ks", default="20,50,100")
+    p.add_argument("--k-neighbours", type=int, default=100, help="K of the implicit item-kNN models")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. generate.n_users=5000 itemcf.alpha=0.7")
+    p.add_argument("--conf", default="local")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    ks = sorted({int(k) for k in args.ks.split(",")})
+
+    from recsys_batch.spark import get_spark
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Python workers (similarity) need this venv
+    with tempfile.TemporaryDirectory(prefix="recsys-quality-") as tmp:
+        cfg = load_config(args.conf, [f"warehouse.root={tmp}/wh", f"evaluate.split={args.split}", *args.overrides])
+        spark = get_spark(cfg.spark)
+        rows: list[dict] = []
+        if not args.no_synthetic:
+            ev, d, days = synthetic_events(spark, Path(tmp) / "synthetic", cfg.generate)
+            rows += bench_dataset(spark, "synthetic", ev, d, days, cfg, ks, args.k_neighbours)
+        if args.movielens is not None:
+            ev, d, span = movielens_events(spark, args.movielens, Path(tmp) / "movielens")
+            # ratings span months: a 7-day half-life would leave only the last weeks with weight, so the
+            # matrix decays over a year there (ratings are not a stream of fresh sessions)
+            rows += bench_dataset(spark, f"movielens:{args.movielens.name}", ev, d, span, cfg, ks, args.k_neighbours,
+                                  half_life_days=max(cfg.matrix.half_life_days, 365.0))
+        print(render(rows, ks))
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The evaluation result (channels as rows) and its JSON file under ``<warehouse.root>/reports/evaluate``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What ``run_evaluate`` returns: one row per channel, ready to render.
+
+    Row keys: ``channel``, ``users`` (test users averaged over), ``recall@K``, ``hit_rate@K``, ``ndcg@K``,
+    ``coverage@K``, ``novelty@K`` for each K of ``ks``, and ``mrr``.
+    """
+
+    run_date: date
+    split: str
+    train_date: date
+    ks: list[int]
+    rows: list[dict[str, Any]]
+    test_users: int = 0
+    train_users: int = 0
+    catalog_items: int = 0
+    path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        ks = self.ks
+        return (["channel", "users"] + [f"recall@{k}" for k in ks] + [f"hit_rate@{k}" for k in ks]
+                + [f"ndcg@{k}" for k in ks] + ["mrr"] + [f"coverage@{k}" for k in ks] + [f"novelty@{k}" for k in ks])
+
+    def row(self, channel: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["channel"] == channel)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_date"], d["train_date"] = self.run_date.isoformat(), self.train_date.isoformat()
+        d["rows"] = [{k: _clean(v) for k, v in r.items()} for r in self.rows]
+        return d
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def report_path(root: str, run_date: date) -> str:
+    return f"{root.rstrip('/')}/reports/evaluate/dt={run_date.isoformat()}/metrics.json"
+
+
+def write_json(spark: SparkSession, path: str, payload: dict[str, Any]) -> str:
+    """Write ``payload`` as JSON to ``path``, replacing it.
+
+    A local path (no scheme, or ``file:``) is written with plain Python; any other Hadoop URI
+    (``hdfs://``, ``s3a://``, ...) through the JVM's Hadoop FileSystem of the session, so it uses the
+    cluster's credentials and connectors without a second client. The file is a few KB.
+    """
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
+    if "://" not in path or path.startswith("file:"):
+        local = path[len("file:"):] if path.startswith("file:") else path
+        local = os.path.abspath(local.replace("///", "/", 1) if local.startswith("///") else local)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = local + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, local)  # readers never see a half-written file
+        return local
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+    return path

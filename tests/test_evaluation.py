@@ -1,0 +1,142 @@
+"""Evaluator: metrics on hand-computed lists, both splits on a tiny log (exact membership), coverage and
+novelty, and run_evaluate end to end on a small synthetic log (ItemCF must beat popular)."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_batch.config import GenerateConfig
+from recsys_batch.evaluation import coverage_novelty, per_user_metrics, ranking_metrics, split_time, split_user_chrono
+from recsys_batch.schemas import EVENTS, Col
+
+D = date(2026, 11, 20)
+W = {"impression": 0.0, "click": 1.0, "like": 2.0, "collect": 3.0, "share": 4.0, "comment": 3.0}
+L2 = math.log2
+
+
+def at(day: date, hh: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hh, tzinfo=timezone.utc)
+
+
+def recs_df(spark, rows):
+    return spark.createDataFrame(rows, "channel string, user_id string, item_id string, rank int")
+
+
+def pairs(df) -> set[tuple[str, str]]:
+    return {(r[Col.USER], r[Col.ITEM]) for r in df.collect()}
+
+
+def test_ranking_metrics_hand_computed(spark):
+    test = spark.createDataFrame([("A", "a"), ("A", "b"), ("B", "e"), ("C", "h")], "user_id string, item_id string")
+    recs = recs_df(spark, [
+        ("x", "A", "c", 1), ("x", "A", "a", 2), ("x", "A", "d", 3), ("x", "A", "b", 4),
+        ("x", "B", "f", 1), ("x", "B", "g", 2), ("x", "B", "e", 5),   # a hit beyond max K: ignored
+        ("x", "Z", "a", 1),                                           # not a test user: ignored
+    ])                                                                # C has no list: zeros
+    ks = [2, 4]
+    pu = {(r.channel, r.user_id): r for r in per_user_metrics(recs, test, ks, ["x", "none"]).collect()}
+    a = pu[("x", "A")]
+    assert a.n_test == 2 and a.recall_2 == 0.5 and a.recall_4 == 1.0 and a.hit_2 == 1.0
+    assert math.isclose(a.ndcg_2, (1 / L2(3)) / (1 + 1 / L2(3)))
+    assert math.isclose(a.ndcg_4, (1 / L2(3) + 1 / L2(5)) / (1 + 1 / L2(3)))
+    assert a.mrr == 0.5
+    for key in (("x", "B"), ("x", "C"), ("none", "A")):
+        r = pu[key]
+        assert (r.recall_2, r.recall_4, r.hit_4, r.ndcg_4, r.mrr) == (0, 0, 0, 0, 0)
+    assert len(pu) == 6  # every channel x every test user
+
+    agg = {r.channel: r for r in ranking_metrics(recs, test, ks, ["x", "none"]).collect()}
+    x = agg["x"]
+    assert x.users == 3
+    assert math.isclose(x.recall_2, 0.5 / 3) and math.isclose(x.recall_4, 1 / 3)
+    assert math.isclose(x.hit_2, 1 / 3) and math.isclose(x.mrr, 0.5 / 3)
+    assert math.isclose(x.ndcg_2, (1 / L2(3)) / (1 + 1 / L2(3)) / 3)
+    assert agg["none"].users == 3 and agg["none"].recall_4 == 0.0
+
+
+def test_coverage_and_novelty(spark):
+    m = spark.createDataFrame([("u1", "a"), ("u1", "b"), ("u2", "a"), ("u3", "a"), ("u3", "c"), ("u4", "d")],
+                              "user_id string, item_id string")  # pop: a 3/4, b c d 1/4; catalog 4
+    recs = recs_df(spark, [("x", "u1", "c", 1), ("x", "u1", "d", 2), ("x", "u2", "a", 1), ("x", "u2", "b", 2),
+                           ("x", "u3", "e", 1)])  # e is not in the catalog: counted in neither
+    got = {r.channel: r for r in coverage_novelty(recs, m, [1, 2], ["x", "y"]).collect()}
+    x = got["x"]
+    assert x.coverage_1 == 0.5 and x.coverage_2 == 1.0
+    assert math.isclose(x.novelty_1, (2 + -L2(0.75)) / 2)
+    assert math.isclose(x.novelty_2, (2 + 2 + -L2(0.75) + 2) / 4)
+    assert got["y"].coverage_2 == 0.0 and got["y"].novelty_2 is None
+
+
+@pytest.fixture()
+def tiny_events(spark):
+    ev = lambda u, i, t, ts: (u, i, t, ts, None, None, None)  # noqa: E731
+    d1, d2, d3 = D - timedelta(days=1), D - timedelta(days=2), D - timedelta(days=3)
+    return spark.createDataFrame([
+        ev("u1", "o", "click", at(d3, 23)),       # before the 3-day window
+        ev("u1", "a", "click", at(d2, 1)),
+        ev("u1", "x", "like", at(d1, 1)),
+        ev("u1", "b", "click", at(D, 5)),
+        ev("u1", "c", "click", at(D, 6)),
+        ev("u1", "a", "click", at(D, 7)),         # re-consumption of a train item
+        ev("u1", "z", "impression", at(D, 8)),
+        ev("u2", "y", "impression", at(d1, 3)),
+        ev("u2", "d", "click", at(D, 1)),
+        ev("u3", "e", "click", at(d1, 2)),
+        ev("u3", "f", "click", at(D, 2)),
+        ev("u4", "g", "click", at(D, 10)),
+        ev("u4", "h", "click", at(D, 10)),        # same ts: item_id desc makes h the newer
+    ], EVENTS)
+
+
+def test_user_chrono_split(spark, tiny_events):
+    s = split_user_chrono(tiny_events, W, D, lookback_days=3, holdout_ratio=0.4)
+    # u1: 5 positives -> round(2.0) = 2 held out (a@07, c@06), a is in train; u2: 1 positive -> train only;
+    # u3: 2 -> round(0.8) = 1; u4: 2 -> 1 (h, by the tie-break)
+    assert pairs(s.test) == {("u1", "c"), ("u3", "f"), ("u4", "h")}
+    assert sorted((r.user_id, r.item_id) for r in s.train.collect()) == [
+        ("u1", "a"), ("u1", "b"), ("u1", "x"), ("u2", "d"), ("u3", "e"), ("u4", "g")]
+    assert s.train_date == D and s.kind == "user_chrono"
+
+
+def test_time_split(spark, tiny_events):
+    s = split_time(tiny_events, W, D, lookback_days=3, holdout_days=1)
+    assert pairs(s.test) == {("u1", "b"), ("u1", "c"), ("u2", "d"), ("u3", "f"), ("u4", "g"), ("u4", "h")}
+    assert sorted((r.user_id, r.item_id, r.event_type) for r in s.train.collect()) == [
+        ("u1", "a", "click"), ("u1", "x", "like"), ("u2", "y", "impression"), ("u3", "e", "click")]
+    assert s.train_date == D - timedelta(days=1)
+
+
+@pytest.mark.slow
+def test_run_evaluate_synthetic_itemcf_beats_popular(spark, make_cfg, tmp_path):
+    pytest.importorskip("recsys_batch.similarity.itemcf")
+    from recsys_batch.evaluation.evaluate import run_evaluate
+    from recsys_batch.generate import generate_synthetic
+    from recsys_batch.io.tables import replace_partition
+
+    gen = GenerateConfig(n_users=300, n_items=200, n_authors=20, n_categories=8, n_clusters=4, days=7,
+                         impressions_per_user_day=30.0, bad_row_ratio=0.0)
+    raw = tmp_path / "raw"
+    generate_synthetic(gen, D, raw)
+    events = (spark.read.parquet(str(raw / "events"))
+              .where(F.col(Col.USER).isNotNull() & F.col(Col.ITEM).isNotNull())
+              .select(*[F.col(f.name).cast(f.dataType) for f in EVENTS.fields]))
+    cfg = make_cfg("evaluate.ks=[20,50]", "evaluate.channels=[itemcf,popular]", "matrix.lookback_days=7")
+    replace_partition(events, cfg.warehouse, "events", D, count=False)  # one partition: rows are chosen by ts
+
+    res = run_evaluate(spark, cfg, D)
+    assert [r["channel"] for r in res.rows] == ["itemcf", "popular"]
+    assert res.test_users > 100 and all(r["users"] == res.test_users for r in res.rows)
+    itemcf, popular = res.row("itemcf"), res.row("popular")
+    assert itemcf["recall@50"] > popular["recall@50"], res.rows
+    for r in res.rows:
+        assert 0 <= r["recall@20"] <= r["recall@50"] <= 1 and 0 <= r["mrr"] <= 1
+        assert 0 < r["coverage@20"] <= r["coverage@50"] <= 1
+    saved = json.loads(Path(res.path).read_text())
+    assert res.path == str(Path(cfg.warehouse.root).resolve() / "reports/evaluate/dt=2026-11-20/metrics.json")
+    assert saved["split"] == "user_chrono" and saved["rows"][0]["recall@50"] == itemcf["recall@50"]
