@@ -26,7 +26,7 @@ from rich.table import Table
 from recsys_batch.config import Config, load_config
 from recsys_batch.errors import RecsysBatchError
 from recsys_batch.pipeline import STAGES
-from recsys_batch.runner import default_run_date, parse_date, run_stage
+from recsys_batch.runner import default_run_date, output_rows, parse_date, run_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Offline daily pipeline of a recommender system (Spark + Delta Lake + PyTorch).")
@@ -75,7 +75,9 @@ def render_result(title: str, result: Any) -> None:
     if not rows:
         return
     first = rows[0]
-    if hasattr(first, "n_rejected"):  # ingest reports
+    if hasattr(first, "columns") and hasattr(first, "split"):  # evaluation result
+        render_metrics(first, title)
+    elif hasattr(first, "n_rejected"):  # ingest reports
         t = Table(title=title)
         for c in ("table", "source", "rows", "valid", "rejected", "reasons"):
             t.add_column(c, justify="right" if c in ("rows", "valid", "rejected") else "left")
@@ -98,6 +100,19 @@ def render_result(title: str, result: Any) -> None:
 
 
 NoCheckOpt = Annotated[bool, typer.Option("--no-check", help="run even if upstream stages are not complete")]
+
+
+def render_metrics(res: Any, title: str = "") -> None:
+    """Channels as rows, metrics as columns (the evaluation report)."""
+    t = Table(title=f"{title} split={res.split} train<= {res.train_date} test users={res.test_users:,} "
+                    f"catalog={res.catalog_items:,}")
+    for c in res.columns:
+        t.add_column(c, justify="left" if c == "channel" else "right")
+    for r in res.rows:
+        t.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in res.columns])
+    console.print(t)
+    if res.path:
+        console.print(f"report: {res.path}")
 
 
 def _stage_command(stage_name: str, doc: str) -> None:
@@ -304,7 +319,8 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
          fresh: Annotated[bool, typer.Option("--fresh/--keep", help="wipe the local warehouse first")] = True,
          rows: Annotated[int, typer.Option(help="sample rows printed per table")] = 3,
          verbose: VerboseOpt = False) -> None:
-    """End to end on the embedded default: generate -> ingest every day -> matrix, then print each table."""
+    """End to end on the embedded default: generate -> ingest every day -> every later stage for the last day,
+    then print each table, the evaluation and the time of each step."""
     _setup_logging(verbose, quiet=True)
     from recsys_batch.generate import generate_synthetic
     from recsys_batch.io.tables import read_table, table_exists
@@ -317,6 +333,7 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     if fresh and "://" not in root and Path(root).exists():
         shutil.rmtree(root)
     timings: list[tuple[str, float, str]] = []
+    results: dict[str, Any] = {}
 
     t0 = time.perf_counter()
     counts = generate_synthetic(cfg.generate, end, cfg.warehouse.raw_root)
@@ -339,8 +356,10 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
                 continue
             status.update(f"{stage.name} {end}")
             res = run_stage(stage.name, cfg, end, spark)
+            results[stage.name] = res.result
+            summary_rows = output_rows(res.result)
             timings.append((f"{stage.name} {end}", res.seconds,
-                            ", ".join(f"{s.table}={s.rows:,}" for s in res.result)))
+                            ", ".join(f"{k}={v:,}" for k, v in summary_rows.items()) or type(res.result).__name__))
 
     ingest_outputs = next(s.outputs for s in STAGES if s.name == "ingest")
     tables = [o for s in STAGES for o in s.outputs] + [f"rejected_{t}" for t in ingest_outputs]
@@ -353,12 +372,17 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
             continue
         df = read_table(spark, cfg.warehouse, name)
         summary.add_row(name, f"{df.where(df.dt == end.isoformat()).count():,}", f"{df.count():,}")
-    for name in [o for s in STAGES for o in s.outputs] + ["rejected_events"]:
+    shown = ("events", "user_item_matrix", "user_lastn", "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf",
+             "recall_popular", "rejected_events")
+    for name in shown:
         if rows and table_exists(spark, cfg.warehouse, name):
             df = read_table(spark, cfg.warehouse, name, end).drop("dt", "source_file")
             _print_df(df, rows, title=f"{name} (dt={end}, {rows} rows)")
     console.print(summary)
 
+    for name, result in results.items():
+        if hasattr(result, "columns") and hasattr(result, "split"):
+            render_metrics(result, title=f"{name} {end}")
     tt = Table(title="steps")
     tt.add_column("step")
     tt.add_column("seconds", justify="right")

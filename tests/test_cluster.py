@@ -30,8 +30,8 @@ from recsys_batch.spark import build_pyfiles_zip, jars_dir
 
 REPO = Path(__file__).resolve().parents[1]
 D = date(2026, 11, 20)
-STAGES = ["check_input", "ingest", "matrix"]
-TABLES = ["events", "rejected_events", "items", "user_item_matrix", "user_lastn", "id_map_item"]
+STAGES = ["check_input", "ingest", "matrix", "itemcf"]
+TABLES = ["events", "rejected_events", "items", "user_item_matrix", "user_lastn", "id_map_item", "itemcf_topk"]
 
 
 def _free_port() -> int:
