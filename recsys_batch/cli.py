@@ -351,8 +351,20 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
             rej = sum(r.n_rejected for r in res.result)
             valid = sum(r.valid for r in res.result)
             timings.append((f"ingest {d}", res.seconds, f"{valid:,} valid, {rej:,} quarantined"))
+        # stages whose D - 1 output later stages join (point in time), then every stage for D
+        prev = end - timedelta(days=1)
+        prev_needed = {n for st in STAGES for n in st.prev_day}
+        for stage in STAGES:
+            if stage.name in prev_needed and len(days) > 1:
+                status.update(f"{stage.name} {prev}")
+                res = run_stage(stage.name, cfg, prev, spark)
+                timings.append((f"{stage.name} {prev}", res.seconds,
+                                ", ".join(f"{k}={v:,}" for k, v in output_rows(res.result).items())))
         for stage in STAGES:
             if stage.name in ("check_input", "ingest"):
+                continue
+            if stage.prev_day and len(days) < 2:
+                timings.append((f"{stage.name} {end}", 0.0, "skipped: needs the previous day (generate.days >= 2)"))
                 continue
             status.update(f"{stage.name} {end}")
             res = run_stage(stage.name, cfg, end, spark)
@@ -373,7 +385,7 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         df = read_table(spark, cfg.warehouse, name)
         summary.add_row(name, f"{df.where(df.dt == end.isoformat()).count():,}", f"{df.count():,}")
     shown = ("events", "user_item_matrix", "user_lastn", "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf",
-             "recall_popular", "rejected_events")
+             "recall_popular", "samples_recall", "samples_ranking", "rejected_events")
     for name in shown:
         if rows and table_exists(spark, cfg.warehouse, name):
             df = read_table(spark, cfg.warehouse, name, end).drop("dt", "source_file")

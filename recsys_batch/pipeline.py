@@ -18,6 +18,8 @@ class Stage:
     run: str
     upstream: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
+    #: stages that must have succeeded for the *previous* date (point-in-time joins of D - 1)
+    prev_day: tuple[str, ...] = ()
     spark: bool = True
     doc: str = ""
     #: entry point under jobs/ (spark-submit for Spark stages, plain python otherwise)
@@ -59,6 +61,16 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "usercf", "recsys_batch.similarity.usercf:run_usercf", upstream=("matrix",), outputs=("usercf_topk",),
         doc="UserCF user-user similarity, top-K per user",
+    ),
+    Stage(
+        "features", "recsys_batch.features.stage:run_features", upstream=("matrix",),
+        outputs=("user_features", "item_features"),
+        doc="user/item profiles and 1/7/30-day statistics as of the end of D, fitted transforms, feature_spec.json, coverage",
+    ),
+    Stage(
+        "samples", "recsys_batch.samples.stage:run_samples", upstream=("features",), prev_day=("matrix", "features"),
+        outputs=("samples_recall", "samples_ranking"),
+        doc="recall (easy + hard negatives, logQ probabilities) and ranking samples of label day D with features of D-1",
     ),
     Stage(
         "recall", "recsys_batch.recall.stage:run_recall", upstream=("matrix", "itemcf", "swing", "usercf"),

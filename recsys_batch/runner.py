@@ -61,7 +61,10 @@ def missing_upstream(name: str, wh: Any, run_date: date) -> list[str]:
     from recsys_batch.runs import is_complete, latest_status
 
     status = latest_status(wh)
-    return [u for u in get_stage(name).upstream if not is_complete(wh, u, run_date, status)]
+    stage = get_stage(name)
+    prev = run_date - timedelta(days=1)
+    return ([u for u in stage.upstream if not is_complete(wh, u, run_date, status)]
+            + [f"{u} (for {prev})" for u in stage.prev_day if not is_complete(wh, u, prev, status)])
 
 
 def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None, *, check_upstream: bool = True,
@@ -78,8 +81,8 @@ def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None, *, chec
         missing = missing_upstream(name, cfg.warehouse, run_date)
         if missing:
             raise UpstreamIncomplete(
-                f"stage {name} for {run_date} needs {', '.join(missing)} to have succeeded for {run_date} "
-                f"first (see `recsys-batch status`); run it, or pass --no-check to override")
+                f"stage {name} for {run_date} needs {', '.join(missing)} to have succeeded first "
+                f"(see `recsys-batch status`); run it, or pass --no-check to override")
     fn = stage.load()
     inputs = {t: v for u in stage.upstream for t in get_stage(u).outputs
               if (v := table_version(cfg.warehouse, t)) is not None} if record else {}
