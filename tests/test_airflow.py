@@ -66,10 +66,13 @@ def test_dag_file_imports_no_pyspark_or_torch(tmp_path):
 
 
 @pytest.mark.slow
-def test_airflow_dags_test_runs_every_task(tmp_path):
+def test_airflow_dags_test_runs_every_task(spark, tmp_path):
     """A real `airflow dags test` over a tiny synthetic warehouse, SQLite metadata DB in a temp AIRFLOW_HOME."""
+    from datetime import date
+
     from recsys_batch.config import load_config
     from recsys_batch.generate import generate_synthetic
+    from recsys_batch.runner import backfill
     from recsys_batch.runs import latest_status
 
     home = tmp_path / "airflow"
@@ -78,11 +81,15 @@ def test_airflow_dags_test_runs_every_task(tmp_path):
     overlay.write_text(
         f"warehouse: {{root: {tmp_path / 'wh'}, raw_root: {tmp_path / 'raw'}}}\n"
         "spark: {shuffle_partitions: 2, driver_memory: 1g}\n"
-        "generate: {n_users: 80, n_items: 50, n_authors: 6, n_categories: 4, n_clusters: 2, days: 1,"
+        "generate: {n_users: 80, n_items: 50, n_authors: 6, n_categories: 4, n_clusters: 2, days: 2,"
         " impressions_per_user_day: 6}\n"
+        "samples: {hot_item_share_threshold: null}\n"
     )
     cfg = load_config(overlay)
-    generate_synthetic(cfg.generate, __import__("datetime").date(2026, 11, 20), cfg.warehouse.raw_root)
+    generate_synthetic(cfg.generate, date(2026, 11, 20), cfg.warehouse.raw_root)
+    # the samples stage joins the previous day's features: a first deployment backfills that day first
+    backfill(cfg, date(2026, 11, 19), date(2026, 11, 19), ["check_input", "ingest", "matrix", "features"],
+             spark=spark)
     env = _airflow_env(home)
     mig = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
     assert mig.returncode == 0, mig.stderr[-3000:]
