@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from recsys_batch.config import PROJECT_ROOT, SparkConfig
@@ -112,6 +113,9 @@ def session_conf(cfg: SparkConfig) -> dict[str, str]:
         if cfg.master.startswith("local"):
             conf["spark.driver.host"] = "127.0.0.1"
             conf["spark.driver.bindAddress"] = "127.0.0.1"
+            # Python workers (mapInArrow, UDFs) must use this interpreter and its packages, not
+            # whatever `python3` is first on PATH
+            conf["spark.pyspark.python"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
     if cfg.driver_memory and (cfg.master or "").startswith("local"):
         conf["spark.driver.memory"] = cfg.driver_memory
     conf.update(_jar_settings(cfg))
