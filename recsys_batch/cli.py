@@ -313,6 +313,47 @@ def backfill_cmd(
         raise typer.Exit(1)
 
 
+@app.command("rollback")
+@_friendly
+def rollback_cmd(to: Annotated[str, typer.Option("--to", help="release date YYYY-MM-DD to make current")],
+                 conf: ConfOpt = None, set_: SetOpt = None) -> None:
+    """Switch the published pointer back to the newest kept release of a date."""
+    from recsys_batch.publish.release import rollback
+
+    cfg = _cfg(conf, set_)
+    console.print(rollback(cfg, parse_date(to)))
+
+
+def render_release(cfg: Config) -> None:
+    from recsys_batch.publish.release import current_release
+
+    cur = current_release(cfg)
+    if cur is None:
+        console.print("nothing published yet")
+        return
+    man = cur["manifest"]
+    t = Table(title=f"current release {cur['pointer'].get('release')} (date {man.get('date')})")
+    t.add_column("table / file")
+    t.add_column("rows", justify="right")
+    for k, v in sorted(man.get("row_counts", {}).items()):
+        t.add_row(k, f"{v:,}")
+    console.print(t)
+    gate = man.get("metrics", {}).get("gate", {})
+    if gate.get("rows"):
+        g = Table(title=f"evaluation gate ({gate.get('reason', '')})")
+        cols = list(gate["rows"][0])
+        for c in cols:
+            g.add_column(c, justify="left" if c == "name" else "right")
+        for r in gate["rows"]:
+            g.add_row(*[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+        console.print(g)
+    elif gate:
+        console.print(f"gate: {gate.get('reason')}")
+    idx = man.get("metrics", {}).get("index", {})
+    if idx:
+        console.print(f"index: {idx}")
+
+
 @app.command("demo")
 @_friendly
 def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
@@ -395,6 +436,8 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     for name, result in results.items():
         if hasattr(result, "columns") and hasattr(result, "split"):
             render_metrics(result, title=f"{name} {end}")
+    if "publish" in results:
+        render_release(cfg)
     tt = Table(title="steps")
     tt.add_column("step")
     tt.add_column("seconds", justify="right")

@@ -423,7 +423,9 @@ class TrainConfig(_Model):
     #: samples with ts in the last this-many hours of the label day are held out of training for the
     #: publish gate (0 = train on the whole day; the gate then has nothing to evaluate on)
     holdout_hours: float = Field(4.0, ge=0.0, lt=24.0)
-    torch_threads: int | None = Field(None, ge=1)
+    #: intra-op threads of the trainer (null = torch's default). 1 trainer thread + 1 loader worker fills 2
+    #: cores; 2 trainer threads beside a worker (or on a shared box) ran 10x slower from oversubscription
+    torch_threads: int | None = Field(1, ge=1)
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True
     #: user embeddings are exported for users active within this many days (recall.active_days if null)

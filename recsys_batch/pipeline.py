@@ -78,8 +78,22 @@ STAGES: tuple[Stage, ...] = (
         doc="top-N recall lists per channel (item-based, user-based, popular), seen items excluded",
     ),
     Stage(
-        "evaluate", "recsys_batch.evaluation.evaluate:run_evaluate", upstream=("matrix",),
+        "train", "recsys_batch.training.train:run_train", upstream=("samples",), spark=False,
+        job="train_two_tower.py", outputs=("item_embeddings", "user_embeddings"),
+        doc="daily full retrain of the two-tower model (warm start from yesterday), item/user embeddings, user tower",
+    ),
+    Stage(
+        "index", "recsys_batch.index.build:run_index", upstream=("train",), spark=False,
+        outputs=("recall_two_tower",),
+        doc="faiss item index (exact or HNSW/IVF), recall@100 check against exact search, recall_two_tower",
+    ),
+    Stage(
+        "evaluate", "recsys_batch.evaluation.evaluate:run_evaluate", upstream=("recall", "index"),
         doc="offline Recall/HitRate/NDCG/MRR, coverage, novelty of the recall channels on a held-out split",
+    ),
+    Stage(
+        "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate",), spark=False,
+        doc="gate the new model against yesterday's, then publish one atomic, versioned release",
     ),
 )
 

@@ -1,0 +1,154 @@
+"""Checkpoints: state dict + model shape + the vocabularies/blocks each table row means, so the next
+day's model can be warm-started row by row by id *value* (a day's vocabularies are re-ranked by
+frequency, so row positions move). Saved with ``torch.save`` and loaded with ``weights_only=True``.
+
+Layout: ``<warehouse.root>/models/two_tower/dt=D/checkpoint.pt`` (+ ``user_tower.pt``, ``feature_spec.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys_batch.config import WarehouseConfig
+from recsys_batch.training.columns import C
+from recsys_batch.training.features import TowerLayout
+from recsys_batch.training.model import ModelShape, TwoTower
+
+log = logging.getLogger(__name__)
+CHECKPOINT, USER_TOWER, SPEC = "checkpoint.pt", "user_tower.pt", "feature_spec.json"
+
+
+def models_root(wh: WarehouseConfig) -> str:
+    return f"{wh.root.rstrip('/')}/models/two_tower"
+
+
+def model_dir(wh: WarehouseConfig, run_date: date) -> str:
+    return f"{models_root(wh)}/{C.DT}={run_date.isoformat()}"
+
+
+def previous_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[date, str] | None:
+    """(date, path) of the newest checkpoint with dt < run_date, or None."""
+    root = Path(models_root(wh))
+    if not root.exists():
+        return None
+    found = []
+    for d in root.glob(f"{C.DT}=*"):
+        try:
+            dd = date.fromisoformat(d.name.split("=", 1)[1])
+        except ValueError:
+            continue
+        if dd < run_date and (d / CHECKPOINT).exists():
+            found.append((dd, str(d / CHECKPOINT)))
+    return max(found) if found else None
+
+
+def layout_meta(layout: TowerLayout) -> dict[str, Any]:
+    return {"id_vocab": layout.id_feature.vocab, "id_oov": layout.id_feature.num_oov,
+            "blocks": [list(b) for b in layout.blocks()]}
+
+
+def save_checkpoint(path: str, model: TwoTower, spec: dict, user_layout: TowerLayout, item_layout: TowerLayout,
+                    extra: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "shape": json.dumps(model.shape.to_dict()),
+        "spec": json.dumps(spec),
+        "layouts": json.dumps({"user": layout_meta(user_layout), "item": layout_meta(item_layout)}),
+        "extra": json.dumps(extra, default=str),
+    }
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    Path(tmp).replace(path)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """{"model": TwoTower, "spec", "layouts", "extra", "state_dict"} (weights_only load)."""
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    shape = ModelShape.from_dict(json.loads(raw["shape"]))
+    model = TwoTower(shape)
+    model.load_state_dict(raw["state_dict"])
+    model.eval()
+    return {"model": model, "spec": json.loads(raw["spec"]), "layouts": json.loads(raw["layouts"]),
+            "extra": json.loads(raw["extra"]), "state_dict": raw["state_dict"]}
+
+
+def _remap(old: torch.Tensor, new: torch.Tensor, old_vocab: list[str] | None, new_vocab: list[str] | None,
+           old_oov: int, new_oov: int) -> tuple[int, int]:
+    """Copy rows of ``old`` into ``new`` in place: row 0 (missing), vocabulary rows by value, OOV rows by
+    position when the bucket count is unchanged (hash % H is stable). Without vocabularies (numeric
+    buckets) rows are copied by position. Returns (rows kept, rows new)."""
+    if old.shape[1] != new.shape[1]:
+        return 0, new.shape[0]
+    if old_vocab is None or new_vocab is None:
+        n = min(old.shape[0], new.shape[0])
+        new[:n] = old[:n]
+        return n, new.shape[0] - n
+    new[0] = old[0]
+    pos = {v: i + 1 for i, v in enumerate(old_vocab)}
+    src, dst = [], []
+    for j, v in enumerate(new_vocab):
+        i = pos.get(v)
+        if i is not None:
+            src.append(i)
+            dst.append(j + 1)
+    if src:
+        new[torch.tensor(dst)] = old[torch.tensor(src)]
+    kept = 1 + len(src)
+    if old_oov == new_oov:
+        a, b = len(old_vocab) + 1, len(new_vocab) + 1
+        new[b:b + new_oov] = old[a:a + old_oov]
+        kept += new_oov
+    return kept, new.shape[0] - kept
+
+
+def warm_start(model: TwoTower, old: dict[str, Any], user_layout: TowerLayout, item_layout: TowerLayout
+               ) -> dict[str, dict[str, int]]:
+    """Initialise ``model`` from yesterday's checkpoint ``old`` (see :func:`load_checkpoint`).
+
+    Embedding tables grow for new ids (fresh rows) and keep the learned row of every id value known
+    yesterday; other parameters are copied when their shape is unchanged. Returns {table: {kept, new}}.
+    """
+    sd_old = old["state_dict"]
+    layouts_old = old["layouts"]
+    stats: dict[str, dict[str, int]] = {}
+    with torch.no_grad():
+        for side, tower, lay in (("user", model.user_tower, user_layout), ("item", model.item_tower, item_layout)):
+            lo = layouts_old[side]
+            w_old = sd_old[f"{side}_tower.id_table.weight"]
+            k, n = _remap(w_old, tower.id_table.weight, lo["id_vocab"], lay.id_feature.vocab, lo["id_oov"],
+                          lay.id_feature.num_oov)
+            stats[f"{side}.id"] = {"kept": k, "new": n}
+            f_old = sd_old[f"{side}_tower.fused.weight"]
+            blocks_old = {b[0]: b for b in lo["blocks"]}
+            kept = 0
+            for name, off, size, kind, vocab in lay.blocks():
+                b = blocks_old.get(name)
+                if b is None or b[3] != kind:
+                    continue
+                _, o_off, o_size, _, o_vocab = b
+                o_oov = o_size - 1 - len(o_vocab) if o_vocab is not None else 0
+                n_oov = size - 1 - len(vocab) if vocab is not None else 0
+                kk, _ = _remap(f_old[o_off:o_off + o_size], tower.fused.weight[off:off + size], o_vocab, vocab, o_oov, n_oov)
+                kept += kk
+            stats[f"{side}.features"] = {"kept": kept, "new": tower.fused.weight.shape[0] - kept}
+        own = model.state_dict()
+        copied, skipped = 0, []
+        for name, t in sd_old.items():
+            if ".id_table." in name or ".fused." in name or ".seq_table." in name or name not in own:
+                continue
+            if own[name].shape == t.shape:
+                own[name].copy_(t)
+                copied += 1
+            else:
+                skipped.append(name)
+        if skipped:
+            log.info("warm start: %d dense parameters changed shape, initialised fresh: %s", len(skipped), skipped)
+        stats["dense"] = {"kept": copied, "new": len(skipped)}
+    return stats
