@@ -146,6 +146,9 @@ def get_spark(cfg: SparkConfig):  # noqa: ANN201 - pyspark imported lazily
     from pyspark.sql import SparkSession
 
     conf = session_conf(cfg)
+    if "spark.pyspark.python" in conf:
+        # PySpark started from Python reads the worker interpreter from the environment, not the conf
+        os.environ.setdefault("PYSPARK_PYTHON", conf["spark.pyspark.python"])
     has_jars = "spark.jars" in conf or "spark.jars.packages" in conf
     builder = SparkSession.builder
     for k, v in conf.items():
