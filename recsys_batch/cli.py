@@ -106,10 +106,11 @@ def render_metrics(res: Any, title: str = "") -> None:
     """Channels as rows, metrics as columns (the evaluation report)."""
     t = Table(title=f"{title} split={res.split} train<= {res.train_date} test users={res.test_users:,} "
                     f"catalog={res.catalog_items:,}")
-    for c in res.columns:
+    cols = [c for c in res.columns if not c.startswith(("hit_rate", "novelty"))]  # all of them are in the JSON
+    for c in cols:
         t.add_column(c, justify="left" if c == "channel" else "right")
     for r in res.rows:
-        t.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in res.columns])
+        t.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols])
     console.print(t)
     if res.path:
         console.print(f"report: {res.path}")
@@ -332,7 +333,7 @@ def render_release(cfg: Config) -> None:
         console.print("nothing published yet")
         return
     man = cur["manifest"]
-    t = Table(title=f"current release {cur['pointer'].get('release')} (date {man.get('date')})")
+    t = Table(title=f"current release {cur['pointer'].get('release')} (date {man.get('run_date')})")
     t.add_column("table / file")
     t.add_column("rows", justify="right")
     for k, v in sorted(man.get("row_counts", {}).items()):
