@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from typer.testing import CliRunner
 
 from recsys_batch.cli import app
@@ -19,12 +21,13 @@ def test_demo_end_to_end(spark, tmp_path):
         args += ["--set", s]
     res = CliRunner().invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    for name in ("user_item_matrix", "rejected_events", "ingest 2026-11-19", "matrix 2026-11-20", "total"):
+    for name in ("user_item_matrix", "rejected_events", "ingest 2026-11-19", "matrix 2026-11-20", "itemcf_topk",
+                 "recall_itemcf", "samples 2026-11-20", "publish 2026-11-20", "current release", "total"):
         assert name in res.output
     cfg = load_config("local", SMALL + wh)
     ev = read_table(spark, cfg.warehouse, "events")
     assert sorted(r.dt for r in ev.select("dt").distinct().collect()) == ["2026-11-19", "2026-11-20"]
-    m = read_table(spark, cfg.warehouse, "user_item_matrix", __import__("datetime").date(2026, 11, 20))
+    m = read_table(spark, cfg.warehouse, "user_item_matrix", date(2026, 11, 20))
     assert m.count() > 0 and m.where("score <= 0").count() == 0
     # the generator plants bad rows: they are quarantined, not lost
     assert read_table(spark, cfg.warehouse, "rejected_events").count() > 0
@@ -33,7 +36,7 @@ def test_demo_end_to_end(spark, tmp_path):
     before = m.count()
     again = CliRunner().invoke(app, ["matrix", "--date", "2026-11-20"] + sum((["--set", s] for s in SMALL + wh), []))
     assert again.exit_code == 0, again.output
-    assert read_table(spark, cfg.warehouse, "user_item_matrix").count() == before
+    assert read_table(spark, cfg.warehouse, "user_item_matrix", date(2026, 11, 20)).count() == before
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
