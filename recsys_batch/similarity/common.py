@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_batch.config import PairCapConfig, WarehouseConfig
-from recsys_batch.io.tables import require_columns
+from recsys_batch.io.tables import TableStats, read_table, replace_partition, require_columns
 from recsys_batch.schemas import Col
 
 log = logging.getLogger(__name__)
@@ -383,3 +383,14 @@ def run_blocked(matrix: DataFrame, cfg: PairCapConfig, job: BlockedJob, staging:
         delete_path(spark, root)
         if tmp_parent:
             shutil.rmtree(tmp_parent, ignore_errors=True)
+
+
+def run_similarity_stage(spark: SparkSession, wh: WarehouseConfig, run_date: date, job: str,
+                         similarity: Callable[..., DataFrame], job_cfg: PairCapConfig) -> list[TableStats]:
+    """A similarity stage: ``user_item_matrix`` (dt = D) -> ``<job>_topk`` (dt = D, replaced)."""
+    matrix = read_table(spark, wh, "user_item_matrix", run_date).drop(Col.DT)
+    out = similarity(matrix, job_cfg, staging_path(wh, job, run_date))
+    try:
+        return [replace_partition(out, wh, f"{job}_topk", run_date)]
+    finally:
+        out.unpersist()

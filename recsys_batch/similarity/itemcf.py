@@ -9,9 +9,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_batch.config import Config, ItemCFConfig
-from recsys_batch.io.tables import TableStats, read_table, replace_partition
+from recsys_batch.io.tables import TableStats
 from recsys_batch.schemas import Col
-from recsys_batch.similarity.common import BlockedJob, StagedMatrix, finish_rows, run_blocked, staging_path
+from recsys_batch.similarity.common import BlockedJob, StagedMatrix, finish_rows, run_blocked, run_similarity_stage
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,4 @@ def itemcf_similarity(matrix: DataFrame, cfg: ItemCFConfig, staging: str | None 
 
 def run_itemcf(spark: SparkSession, cfg: Config, run_date: date) -> list[TableStats]:
     """Stage ``itemcf``: ``user_item_matrix`` (dt = D) -> ``itemcf_topk`` (dt = D, replaced)."""
-    matrix = read_table(spark, cfg.warehouse, "user_item_matrix", run_date).drop(Col.DT)
-    out = itemcf_similarity(matrix, cfg.itemcf, staging_path(cfg.warehouse, "itemcf", run_date))
-    try:
-        return [replace_partition(out, cfg.warehouse, "itemcf_topk", run_date)]
-    finally:
-        out.unpersist()
+    return run_similarity_stage(spark, cfg.warehouse, run_date, "itemcf", itemcf_similarity, cfg.itemcf)

@@ -9,9 +9,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_batch.config import Config, SwingConfig
-from recsys_batch.io.tables import TableStats, read_table, replace_partition
+from recsys_batch.io.tables import TableStats
 from recsys_batch.schemas import Col
-from recsys_batch.similarity.common import BlockedJob, StagedMatrix, finish_rows, run_blocked, staging_path
+from recsys_batch.similarity.common import BlockedJob, StagedMatrix, finish_rows, run_blocked, run_similarity_stage
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,4 @@ def swing_similarity(matrix: DataFrame, cfg: SwingConfig, staging: str | None = 
 
 def run_swing(spark: SparkSession, cfg: Config, run_date: date) -> list[TableStats]:
     """Stage ``swing``: ``user_item_matrix`` (dt = D) -> ``swing_topk`` (dt = D, replaced)."""
-    matrix = read_table(spark, cfg.warehouse, "user_item_matrix", run_date).drop(Col.DT)
-    out = swing_similarity(matrix, cfg.swing, staging_path(cfg.warehouse, "swing", run_date))
-    try:
-        return [replace_partition(out, cfg.warehouse, "swing_topk", run_date)]
-    finally:
-        out.unpersist()
+    return run_similarity_stage(spark, cfg.warehouse, run_date, "swing", swing_similarity, cfg.swing)

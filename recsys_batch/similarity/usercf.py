@@ -9,9 +9,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_batch.config import Config, UserCFConfig
-from recsys_batch.io.tables import TableStats, read_table, replace_partition
+from recsys_batch.io.tables import TableStats
 from recsys_batch.schemas import Col
-from recsys_batch.similarity.common import BlockedJob, StagedMatrix, finish_rows, run_blocked, staging_path
+from recsys_batch.similarity.common import BlockedJob, StagedMatrix, finish_rows, run_blocked, run_similarity_stage
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,4 @@ def usercf_similarity(matrix: DataFrame, cfg: UserCFConfig, staging: str | None 
 
 def run_usercf(spark: SparkSession, cfg: Config, run_date: date) -> list[TableStats]:
     """Stage ``usercf``: ``user_item_matrix`` (dt = D) -> ``usercf_topk`` (dt = D, replaced)."""
-    matrix = read_table(spark, cfg.warehouse, "user_item_matrix", run_date).drop(Col.DT)
-    out = usercf_similarity(matrix, cfg.usercf, staging_path(cfg.warehouse, "usercf", run_date))
-    try:
-        return [replace_partition(out, cfg.warehouse, "usercf_topk", run_date)]
-    finally:
-        out.unpersist()
+    return run_similarity_stage(spark, cfg.warehouse, run_date, "usercf", usercf_similarity, cfg.usercf)
