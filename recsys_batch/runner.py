@@ -157,14 +157,62 @@ def backfill(cfg: Config, first: date, last: date, stages: list[str] | None = No
     return steps
 
 
-def job_main(stage: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``jobs/<stage>.py`` under spark-submit: ``--date D [--conf X] [--set k=v ...]``."""
+def job_parser(stage: str) -> argparse.ArgumentParser:
+    """The arguments every ``jobs/<stage>.py`` takes: ``--date D [--conf X] [--set k=v ...] [--no-check]``."""
     p = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=get_stage(stage).doc)
     p.add_argument("--date", default=None, help="run date YYYY-MM-DD (default: yesterday, UTC)")
     p.add_argument("--conf", default=None, help="overlay name in conf/ (local, cluster) or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-check", action="store_true", help="run even if upstream stages are not complete")
-    args = p.parse_args(argv)
+    return p
+
+
+def ddp_job_main(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of a non-Spark stage launched by ``torchrun`` (one process per rank; ``RANK`` /
+    ``WORLD_SIZE`` / ``MASTER_ADDR`` in the environment).
+
+    Every rank joins the process group (gloo on CPU, nccl with CUDA) and runs the same stage function,
+    which shards its input by rank. Rank 0 alone checks the upstream stages and writes the run record
+    (and, inside the stage, the checkpoint and exports). The ranks agree on go / no-go first, so a
+    refused run ends every rank at once instead of leaving the others waiting in DDP set-up.
+    """
+    import torch
+    import torch.distributed as dist
+
+    args = job_parser(stage).parse_args(argv)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s [rank {rank}/{world}] %(name)s: %(message)s")
+    try:
+        mine = ""
+        try:
+            cfg = load_config(args.conf, args.overrides)
+            run_date = parse_date(args.date) if args.date else default_run_date()
+            if rank == 0 and not args.no_check and (missing := missing_upstream(stage, cfg.warehouse, run_date)):
+                mine = (f"stage {stage} for {run_date} needs {', '.join(missing)} to have succeeded first "
+                        f"(see `recsys-batch status`); run it, or pass --no-check to override")
+        except RecsysBatchError as e:
+            mine = str(e)
+        verdicts: list[str] = [""] * world
+        dist.all_gather_object(verdicts, mine)  # every rank starts, or none does
+        if any(verdicts):
+            print(f"error (rank {rank} of {world}): {next(v for v in verdicts if v)}", file=sys.stderr)
+            return 2
+        try:
+            res = run_stage(stage, cfg, run_date, check_upstream=False, record=rank == 0)
+        except RecsysBatchError as e:
+            print(f"error (rank {rank} of {world}): {e}", file=sys.stderr)
+            return 2
+        log.info("stage %s for %s done on rank %d of %d in %.1fs", stage, run_date, rank, world, res.seconds)
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+def job_main(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/<stage>.py`` under spark-submit: ``--date D [--conf X] [--set k=v ...]``."""
+    args = job_parser(stage).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     spark = None
     try:

@@ -131,6 +131,15 @@ def train(model: TwoTower, stream: SampleStream, tc: TrainConfig,
     return res
 
 
+def _global_sum(x: int) -> int:
+    """``x`` summed over the DDP ranks (``x`` itself in one process)."""
+    if dist_info()[1] == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.int64)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
 class _NullCtx:
     def __enter__(self) -> None:
         return None
@@ -221,21 +230,27 @@ def run_train(cfg: Config, run_date: date) -> TrainResult:
     stream = SampleStream(files, user_layout, item_layout, tc.batch_size, tc.seed, rank, world, tc.shuffle_row_groups,
                           cutoff=cutoff, part="train" if cutoff else "all",
                           user_rows="all" if tc.loss == "bce" else "positives", units=list_units(files))
+    readers = world * max(tc.num_workers, 1)
+    if len(stream.units) < readers:
+        log.warning("train %s: %d Parquet row groups for %d readers (ranks x train.num_workers): %d readers get no "
+                    "rows; write more, smaller shards (samples.rows_per_file, samples.row_group_bytes) to use them", run_date,
+                    len(stream.units), readers, readers - len(stream.units))
     on_step, bar = _progress(tc, stream.total_rows, rank)
     try:
         res = train(model, stream, tc, on_step)
     finally:
         if bar is not None:
             bar.close()
-    if res.steps == 0:
+    if _global_sum(res.steps) == 0:  # under DDP a rank may get no row groups; only none at all is an error
         raise RecsysBatchError(f"train {run_date}: no training rows in {len(files)} shard files "
                                f"(holdout cut {cutoff}); check the samples stage output")
     res.warm_start_from = prev[1] if prev else None
     res.warm_start_rows = res_ws
     version = f"two_tower-{run_date.isoformat()}-{cfg.config_hash()}"
     res.model_version = version
-    log.info("train %s: %d steps, %s examples in %.1fs (%.0f examples/s), final loss %.4f", run_date, res.steps,
-             f"{res.examples:,}", res.seconds, res.examples_per_s, res.final_loss or float("nan"))
+    log.info("train %s (rank %d of %d): %d steps, %s examples in %.1fs (%.0f examples/s), final loss %.4f",
+             run_date, rank, world, res.steps, f"{res.examples:,}", res.seconds, res.examples_per_s,
+             res.final_loss or float("nan"))
     if rank != 0:
         return res
     out = model_dir(cfg.warehouse, run_date)
