@@ -12,6 +12,7 @@ from datetime import date
 
 from recsys_batch.config import Config
 from recsys_batch.errors import MissingInput
+from recsys_batch.io.fs import resolve
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +22,6 @@ class InputCheck:
     table: str
     path: str
     rows: int
-
-
-def _filesystem(path: str):  # noqa: ANN202
-    import pyarrow.fs as pafs
-
-    uri = "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    from pathlib import Path
-
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def count_rows(path: str, fmt: str) -> int | None:
@@ -49,7 +39,7 @@ def count_rows(path: str, fmt: str) -> int | None:
             return DeltaTable(delta_rs_uri(path)).to_pyarrow_dataset().count_rows()
         except TableNotFoundError:
             return None
-    fs, p = _filesystem(path)
+    fs, p = resolve(path)
     if fs.get_file_info(p).type == pafs.FileType.NotFound:
         return None
     fmt_arg = {"parquet": "parquet", "csv": "csv", "json": "json"}[fmt]

@@ -188,8 +188,6 @@ class ItemCFConfig(PairCapConfig):
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     #: divide each user's contribution by log(1+|I(u)|) (heavy users count less)
     activity_penalty: bool = True
-    #: users per block in the sparse-product implementation (bounds executor memory)
-    block_users: int = Field(20000, ge=1)
 
 
 class SwingConfig(PairCapConfig):
@@ -456,8 +454,11 @@ class IndexConfig(_Model):
 
 
 class PublishConfig(_Model):
-    """One release per date under ``<warehouse.root>/published/``; one pointer switched atomically."""
+    """One release per date under ``<warehouse.root>/published/`` (or ``root``); one pointer switched atomically."""
 
+    #: the published area (releases + pointer); any path or URI of :mod:`recsys_batch.io.fs` (e.g. a
+    #: serving bucket ``s3a://serving/recsys``); ``null`` = ``<warehouse.root>/published``
+    root: str | None = None
     #: releases kept (newest first; the current one is never removed)
     keep_releases: int = Field(7, ge=1)
     #: Delta tables copied into the release (partition dt = D); a missing optional one is skipped with a warning

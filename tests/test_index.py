@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from recsys_batch.config import IndexConfig, load_config
-from recsys_batch.index.build import IndexRecallTooLow, build_index, recall_vs_exact, run_index, search_excluding
+from recsys_batch.index.build import (
+    IndexRecallTooLow, build_index, read_index_file, recall_vs_exact, run_index, search_excluding, write_index_file,
+)
+from recsys_batch.io import fs
 
 torch.set_num_threads(1)
 
@@ -51,6 +54,31 @@ def test_search_excluding_seen_matches_brute_force():
         assert not set(rows[q]) & set(seen[q])
 
 
+def test_index_bytes_roundtrip_through_the_filesystem(tmp_path):
+    import uuid
+
+    import faiss
+
+    items, users = _unit(500, 8, 5), _unit(12, 8, 6)
+    index, kind, _ = build_index(items, IndexConfig(exact_max_items=10, kind="hnsw"))
+    assert kind == "hnsw"
+    faiss.write_index(index, str(tmp_path / "reference.faiss"))
+    mem = f"memory://index-{uuid.uuid4().hex[:10]}/dt=2026-01-01/items.faiss"
+    try:
+        n_mem = write_index_file(index, mem)
+        n_local = write_index_file(index, str(tmp_path / "out" / "items.faiss"))
+        ref = (tmp_path / "reference.faiss").read_bytes()
+        assert n_mem == n_local == len(ref) > 500 * 8 * 4
+        assert (tmp_path / "out" / "items.faiss").read_bytes() == ref == fs.read_bytes(mem)  # same bytes as write_index
+        want_d, want_i = index.search(users, 10)
+        for uri in (mem, str(tmp_path / "out" / "items.faiss")):
+            back = read_index_file(uri)
+            got_d, got_i = back.search(users, 10)
+            assert back.ntotal == 500 and (got_i == want_i).all() and np.allclose(got_d, want_d)
+    finally:
+        fs.rmtree(mem.rsplit("/", 2)[0])
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from recsys_batch.training.synthetic import World, build_warehouse
@@ -72,6 +100,9 @@ def test_run_index_writes_recall_two_tower_without_seen_items(trained):
     d = date(2026, 1, 1)
     rep = run_index(cfg, d)
     assert rep.kind == "exact" and rep.recall == 1.0
+    assert fs.listdir(rep.path) == ["index_report.json", "items.faiss", "items.parquet"]
+    assert read_index_file(f"{rep.path}/items.faiss").ntotal == rep.n_items == 900
+    assert fs.read_json(f"{rep.path}/index_report.json")["rows"] == rep.rows
     rec = read_partition(cfg.warehouse, "recall_two_tower", d)
     seen = read_partition(cfg.warehouse, "user_item_matrix", d)
     pairs = set(zip(rec["user_id"].to_pylist(), rec["item_id"].to_pylist(), strict=True))

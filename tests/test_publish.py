@@ -89,7 +89,7 @@ def test_publish_is_atomic_under_an_injected_failure(wh, monkeypatch):
     monkeypatch.setattr(rel, "_copy_file", real)
 
     def corrupt(path):  # noqa: ANN001, ANN202
-        raise rel.ReleaseCorrupt(f"release {path.name}: injected checksum mismatch")
+        raise rel.ReleaseCorrupt(f"release {path}: injected checksum mismatch")
 
     monkeypatch.setattr(rel, "verify_release", corrupt)
     with pytest.raises(rel.ReleaseCorrupt):
@@ -140,3 +140,133 @@ def test_gate_refuses_a_worse_model_unless_forced(wh):
     forced = rel.run_publish(cfg, D2, force=True)
     assert forced.gate["forced"] and not forced.gate["passed"]
     assert rel.read_pointer(cfg.warehouse)["release"] == forced.release
+
+
+# ---- a non-local published area: fsspec's memory:// stands in for an object store (publish.root) -------------
+
+@pytest.fixture()
+def mem_area():
+    import uuid
+
+    from recsys_batch.io import fs
+
+    root = f"memory://pub-{uuid.uuid4().hex[:10]}/published"
+    yield root
+    fs.rmtree(root)
+
+
+def _entries(root: str) -> list[str]:
+    from recsys_batch.io import fs
+
+    return fs.listdir(f"{root}/_pointer")
+
+
+def test_publish_rollback_and_prune_into_memory(wh, mem_area):
+    from recsys_batch.io import fs
+
+    cfg = _cfg(wh, f"publish.root={mem_area}", "publish.keep_releases=2")
+    assert rel.published_root(cfg) == mem_area and rel.read_pointer(cfg) is None and rel.current_release(cfg) is None
+    r1 = rel.run_publish(cfg, D1)
+    assert r1.path == f"{mem_area}/releases/{r1.release}"
+    assert not (wh / "published").exists()  # nothing published next to the warehouse
+    assert fs.listdir(f"{mem_area}/releases") == [r1.release]  # written in place: no staging folder
+    p1 = rel.read_pointer(cfg)
+    assert p1["release"] == r1.release and p1["seq"] == 1 and _entries(mem_area) == [f"{1:020d}.json"]
+    assert fs.read_json(f"{mem_area}/CURRENT") == p1  # the mirror has the same content
+    man = rel.verify_release(r1.path)
+    assert man["row_counts"]["item_embeddings"] == 300 and man["model_version"].startswith("two_tower-2026-01-01")
+    local_faiss = (wh / "index" / "two_tower" / "dt=2026-01-01" / "items.faiss").read_bytes()
+    assert fs.read_bytes(f"{r1.path}/index/items.faiss") == local_faiss
+    assert man["files"]["index/items.faiss"]["bytes"] == len(local_faiss)
+
+    # verify re-reads the memory copy: a changed byte there is caught
+    ej = f"{r1.path}/model/user_layout.json"
+    good = fs.read_bytes(ej)
+    fs.write_bytes(ej, good[:-1] + b" ")
+    with pytest.raises(rel.ReleaseCorrupt, match="model/user_layout.json checksum"):
+        rel.verify_release(r1.path)
+    fs.write_bytes(ej, good)
+
+    r2 = rel.run_publish(cfg, D2)
+    assert rel.read_pointer(cfg)["release"] == r2.release and rel.current_release(cfg)["manifest"]["release"] == r2.release
+    back = rel.rollback(cfg, D1)
+    assert back["release"] == r1.release and back["seq"] == 3 == rel.read_pointer(cfg)["seq"]
+    assert fs.read_json(f"{mem_area}/CURRENT")["release"] == r1.release
+    with pytest.raises(MissingInput, match="no release of 2025-12-31"):
+        rel.rollback(cfg, date(2025, 12, 31))
+    rel.rollback(cfg, D2)
+    r3 = rel.run_publish(cfg, D2)
+    assert rel.list_releases(cfg) == [r2.release, r3.release]  # keep 2; r1 pruned
+    assert fs.listdir(f"{mem_area}/releases") == [r2.release, r3.release]
+    assert _entries(mem_area) == [f"{i:020d}.json" for i in range(1, 6)]
+    assert rel.prune(cfg, 2, keep_pointer_entries=2) == []
+    assert _entries(mem_area) == [f"{4:020d}.json", f"{5:020d}.json"]
+    assert rel.read_pointer(cfg)["release"] == r3.release
+    assert rel.run_publish(cfg, D1).release in rel.list_releases(cfg)  # numbering goes on after the trim
+    assert rel.read_pointer(cfg)["seq"] == 6
+
+
+def test_memory_publish_keeps_the_pointer_on_a_failure_midway(wh, mem_area, monkeypatch):
+    from recsys_batch.io import fs
+
+    cfg = _cfg(wh, f"publish.root={mem_area}")
+    r1 = rel.run_publish(cfg, D1)
+    before = fs.read_bytes(f"{mem_area}/CURRENT")
+    real = rel._copy_file
+    calls = {"n": 0}
+
+    def failing_copy(src, dst):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("connection reset (injected)")
+        return real(src, dst)
+
+    monkeypatch.setattr(rel, "_copy_file", failing_copy)
+    with pytest.raises(OSError, match="injected"):
+        rel.run_publish(cfg, D2)
+    assert rel.read_pointer(cfg)["release"] == r1.release and fs.read_bytes(f"{mem_area}/CURRENT") == before
+    assert rel.list_releases(cfg) == [r1.release] and fs.listdir(f"{mem_area}/releases") == [r1.release]
+    assert _entries(mem_area) == [f"{1:020d}.json"]
+
+    # a hard crash midway (no cleanup runs): the half-written release is never listed nor pointed at,
+    # and the next successful publish removes it
+    calls["n"] = 0
+    monkeypatch.setattr(rel.fs, "rmtree", lambda uri: None)
+    with pytest.raises(OSError, match="injected"):
+        rel.run_publish(cfg, D2)
+    monkeypatch.undo()
+    left = [n for n in fs.listdir(f"{mem_area}/releases") if n != r1.release]
+    assert len(left) == 1 and left[0].startswith("2026-01-02_") and not fs.exists(f"{mem_area}/releases/{left[0]}/manifest.json")
+    assert rel.read_pointer(cfg)["release"] == r1.release and rel.list_releases(cfg) == [r1.release]
+
+    # verification fails after everything is written: removed, pointer unchanged
+    def corrupt(path):  # noqa: ANN001, ANN202
+        raise rel.ReleaseCorrupt(f"release {path}: injected checksum mismatch")
+
+    monkeypatch.setattr(rel, "verify_release", corrupt)
+    with pytest.raises(rel.ReleaseCorrupt):
+        rel.run_publish(cfg, D2)
+    monkeypatch.undo()
+    assert rel.read_pointer(cfg)["release"] == r1.release and len(fs.listdir(f"{mem_area}/releases")) == 2
+
+    r2 = rel.run_publish(cfg, D2)
+    assert rel.read_pointer(cfg)["release"] == r2.release
+    assert fs.listdir(f"{mem_area}/releases") == [r1.release, r2.release]  # the crash leftover is gone
+
+
+def test_pointer_log_wins_over_a_stale_mirror_and_old_areas_still_read(wh, tmp_path):
+    from recsys_batch.io import fs
+
+    cfg = _cfg(wh)
+    r1 = rel.run_publish(cfg, D1)
+    r2 = rel.run_publish(cfg, D2)
+    area = wh / "published"
+    assert sorted(p.name for p in (area / "_pointer").iterdir()) == [f"{1:020d}.json", f"{2:020d}.json"]
+    # a crash between the log entry and the mirror leaves CURRENT one switch behind: readers use the log
+    (area / "CURRENT").write_text(json.dumps({"release": r1.release, "run_date": "2026-01-01",
+                                              "path": f"releases/{r1.release}"}))
+    assert rel.read_pointer(cfg)["release"] == r2.release
+    # an area published before the pointer log existed is read through CURRENT; the next switch starts the log
+    fs.rmtree(area / "_pointer")
+    assert rel.read_pointer(cfg)["release"] == r1.release
+    assert rel.rollback(cfg, D2)["seq"] == 1 and rel.read_pointer(cfg)["release"] == r2.release

@@ -2,7 +2,8 @@
 
 Deliberately free of pyspark (``training/`` never imports it): the Spark side fits the transforms
 (:mod:`recsys_batch.features.transforms`) and writes ``<warehouse.root>/features/dt=D/feature_spec.json``;
-the loader reads it with :func:`load_spec` (pyarrow.fs: local paths, ``s3://``, ``hdfs://``) and applies
+the loader reads it with :func:`load_spec` (through :mod:`recsys_batch.io.fs`: local paths, ``s3a://`` /
+``s3://``, ``hdfs://``, any fsspec scheme) and applies
 :func:`categorical_index`, :func:`bucket_index` and :func:`dense_value` per value (or vectorised with numpy).
 
 Index conventions (every categorical and bucketised feature):
@@ -75,21 +76,14 @@ def to_json(spec: dict[str, Any]) -> str:
 
 
 def load_spec(path: str) -> dict[str, Any]:
-    """Read a feature_spec.json from a local path or any URI pyarrow.fs understands."""
-    from pyarrow import fs as pafs
+    """Read a feature_spec.json from a local path or any URI :func:`recsys_batch.io.fs.resolve` understands;
+    FileNotFoundError if it is absent."""
+    from recsys_batch.io.fs import read_text
 
-    filesystem, inner = pafs.FileSystem.from_uri(path if "://" in path else f"file://{_abs(path)}")
-    with filesystem.open_input_stream(inner) as f:
-        spec = json.loads(f.read().decode("utf-8"))
+    spec = json.loads(read_text(path))
     if spec.get("version") != SPEC_VERSION:
         raise ValueError(f"{path}: feature spec version {spec.get('version')}, expected {SPEC_VERSION}")
     return spec
-
-
-def _abs(path: str) -> str:
-    from pathlib import Path
-
-    return str(Path(path).resolve())
 
 
 def features_by_name(spec: dict[str, Any]) -> dict[str, FeatureEntry]:

@@ -12,7 +12,11 @@
 * ``recall_two_tower``: top ``index.top_n`` (default ``recall.top_n``) items per active user by batched
   search, excluding the user's items in ``user_item_matrix`` dt = D (searched k + max seen, filtered).
 
-Files: ``<root>/index/two_tower/dt=D/{items.faiss, items.parquet (row -> item_id), index_report.json}``.
+Files: ``<root>/index/two_tower/dt=D/{items.faiss, items.parquet (row -> item_id), index_report.json}``, on
+any filesystem :mod:`recsys_batch.io.fs` resolves: the index is serialised in memory
+(``faiss.serialize_index``: one extra copy of the index's bytes, ~n x d x 4 for flat / HNSW-flat) and
+written with :func:`recsys_batch.io.fs.write_atomic`, as is the report; items.parquet is written through
+the filesystem by pyarrow. :func:`write_index_file` / :func:`read_index_file` are the pair.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +34,7 @@ import pyarrow.parquet as pq
 
 from recsys_batch.config import Config, IndexConfig, WarehouseConfig
 from recsys_batch.errors import RecsysBatchError
+from recsys_batch.io import fs
 from recsys_batch.io.delta_read import read_partition, replace_partition_arrow, table_version
 from recsys_batch.training.columns import (
     ITEM_EMBEDDINGS, RECALL_TWO_TOWER, USER_EMBEDDINGS, USER_ITEM_MATRIX, C,
@@ -71,6 +75,23 @@ class IndexReport:
 
 def index_dir(wh: WarehouseConfig, run_date: date) -> str:
     return f"{wh.root.rstrip('/')}/index/two_tower/{C.DT}={run_date.isoformat()}"
+
+
+def write_index_file(index, uri: str) -> int:  # noqa: ANN001 - faiss.Index
+    """``faiss.serialize_index`` -> one atomic write of ``uri`` (any filesystem); returns the bytes written.
+    Costs one in-memory copy of the serialised index."""
+    import faiss
+
+    data = faiss.serialize_index(index)  # uint8 numpy array, the same bytes faiss.write_index writes
+    fs.write_atomic(uri, memoryview(data))
+    return int(data.nbytes)
+
+
+def read_index_file(uri: str):  # noqa: ANN201 - faiss.Index
+    """The faiss index at ``uri`` (any filesystem), read into memory and ``faiss.deserialize_index``-ed."""
+    import faiss
+
+    return faiss.deserialize_index(np.frombuffer(fs.read_bytes(uri), dtype=np.uint8))
 
 
 def build_index(vectors: np.ndarray, ic: IndexConfig, kind: str | None = None):  # noqa: ANN201 - faiss.Index
@@ -163,8 +184,6 @@ def seen_rows(matrix: pa.Table | None, users: list[str], item_row: dict[str, int
 
 def run_index(cfg: Config, run_date: date) -> IndexReport:
     """The index stage for D (non-Spark): index files, recall check, ``recall_two_tower`` dt = D."""
-    import faiss
-
     wh, ic = cfg.warehouse, cfg.index
     items = read_partition(wh, ITEM_EMBEDDINGS, run_date, [C.ITEM, C.EMBEDDING])
     users = read_partition(wh, USER_EMBEDDINGS, run_date, [C.USER, C.EMBEDDING])
@@ -207,18 +226,18 @@ def run_index(cfg: Config, run_date: date) -> IndexReport:
     })
     rep.users, rep.rows = len(user_ids), out.num_rows
 
-    folder = Path(index_dir(wh, run_date))
-    folder.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, str(folder / f"{INDEX_FILE}.tmp"))
-    (folder / f"{INDEX_FILE}.tmp").replace(folder / INDEX_FILE)
+    folder = index_dir(wh, run_date)
+    fs.makedirs(folder)
+    write_index_file(index, fs.join(folder, INDEX_FILE))
+    rows_fs, rows_path = fs.resolve(fs.join(folder, ROWS_FILE))
     pq.write_table(pa.table({"row": pa.array(np.arange(len(item_ids)), pa.int64()), C.ITEM: item_arr}),
-                   folder / ROWS_FILE)
+                   rows_path, filesystem=rows_fs)
     rep.version = replace_partition_arrow(out, wh, RECALL_TWO_TOWER, run_date)
-    rep.path = str(folder)
+    rep.path = folder
     rep.output_rows = {RECALL_TWO_TOWER: out.num_rows}
     report = asdict(rep) | {"input_versions": {t: table_version(wh, t) for t in (ITEM_EMBEDDINGS, USER_EMBEDDINGS)},
                             "run_date": run_date.isoformat()}
-    (folder / REPORT_FILE).write_text(json.dumps(report, indent=1, default=str))
+    fs.write_atomic(fs.join(folder, REPORT_FILE), json.dumps(report, indent=1, default=str))
     log.info("index %s: recall_two_tower %s rows for %s users (search %.2fs)", run_date, f"{out.num_rows:,}",
              f"{len(user_ids):,}", rep.search_seconds)
     return rep

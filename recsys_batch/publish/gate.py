@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 from recsys_batch.config import Config
 from recsys_batch.errors import GateRefused
+from recsys_batch.io import fs
 from recsys_batch.training.checkpoint import CHECKPOINT, model_dir, previous_checkpoint
 from recsys_batch.training.evaluate import channel_lists, holdout_set, model_lists, ranking_metrics
 
@@ -62,7 +62,7 @@ def gate_metrics(cfg: Config, run_date: date) -> GateResult:
     if prev is not None:
         candidates.append((f"two_tower_{prev[0].isoformat()}", prev[1]))
     for name, path in candidates:
-        if not Path(path).exists():
+        if not fs.is_file(path):  # one stat, local / HDFS / object store
             continue
         m = ranking_metrics(model_lists(path, states, cfg, run_date, k), truth, pc.gate_ks)
         res.rows.append({"name": name, "users": len(users), **m})

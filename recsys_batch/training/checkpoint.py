@@ -2,20 +2,24 @@
 day's model can be warm-started row by row by id *value* (a day's vocabularies are re-ranked by
 frequency, so row positions move). Saved with ``torch.save`` and loaded with ``weights_only=True``.
 
-Layout: ``<warehouse.root>/models/two_tower/dt=D/checkpoint.pt`` (+ ``user_tower.pt``, ``feature_spec.json``).
+Layout: ``<warehouse.root>/models/two_tower/dt=D/checkpoint.pt`` (+ ``user_tower.pt``, ``feature_spec.json``),
+on any filesystem :mod:`recsys_batch.io.fs` resolves (local, HDFS, object stores): the checkpoint is
+serialised in memory and written with :func:`recsys_batch.io.fs.write_atomic` (readers see the old or
+the new file, never a partial one).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from recsys_batch.config import WarehouseConfig
+from recsys_batch.io import fs
 from recsys_batch.training.columns import C
 from recsys_batch.training.features import TowerLayout
 from recsys_batch.training.model import ModelShape, TwoTower
@@ -33,19 +37,23 @@ def model_dir(wh: WarehouseConfig, run_date: date) -> str:
 
 
 def previous_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[date, str] | None:
-    """(date, path) of the newest checkpoint with dt < run_date, or None."""
-    root = Path(models_root(wh))
-    if not root.exists():
-        return None
+    """(date, path) of the newest checkpoint with dt < run_date, or None. One list call + one stat per
+    candidate folder, newest first."""
+    root = models_root(wh)
     found = []
-    for d in root.glob(f"{C.DT}=*"):
+    for name in fs.listdir(root, only="dirs"):
+        if not name.startswith(f"{C.DT}="):
+            continue
         try:
-            dd = date.fromisoformat(d.name.split("=", 1)[1])
+            dd = date.fromisoformat(name.split("=", 1)[1])
         except ValueError:
             continue
-        if dd < run_date and (d / CHECKPOINT).exists():
-            found.append((dd, str(d / CHECKPOINT)))
-    return max(found) if found else None
+        if dd < run_date:
+            found.append((dd, fs.join(root, name, CHECKPOINT)))
+    for dd, path in sorted(found, reverse=True):
+        if fs.is_file(path):
+            return dd, path
+    return None
 
 
 def layout_meta(layout: TowerLayout) -> dict[str, Any]:
@@ -55,7 +63,7 @@ def layout_meta(layout: TowerLayout) -> dict[str, Any]:
 
 def save_checkpoint(path: str, model: TwoTower, spec: dict, user_layout: TowerLayout, item_layout: TowerLayout,
                     extra: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """``torch.save`` into memory, then one atomic write of ``path`` (local, HDFS or object store)."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "shape": json.dumps(model.shape.to_dict()),
@@ -63,14 +71,22 @@ def save_checkpoint(path: str, model: TwoTower, spec: dict, user_layout: TowerLa
         "layouts": json.dumps({"user": layout_meta(user_layout), "item": layout_meta(item_layout)}),
         "extra": json.dumps(extra, default=str),
     }
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    Path(tmp).replace(path)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    fs.write_atomic(path, buf.getbuffer())
+
+
+def read_raw_checkpoint(path: str) -> dict[str, Any]:
+    """The saved payload (``weights_only`` load): a local file is read by torch directly, a remote one
+    into memory first (one copy of the file's bytes)."""
+    if fs.kind(path) == "local":
+        return torch.load(fs.resolve(path)[1], map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     """{"model": TwoTower, "spec", "layouts", "extra", "state_dict"} (weights_only load)."""
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = read_raw_checkpoint(path)
     shape = ModelShape.from_dict(json.loads(raw["shape"]))
     model = TwoTower(shape)
     model.load_state_dict(raw["state_dict"])

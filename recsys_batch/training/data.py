@@ -26,7 +26,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from recsys_batch.config import WarehouseConfig
 from recsys_batch.errors import MissingInput
+from recsys_batch.io.fs import resolve
 from recsys_batch.training.columns import C
 from recsys_batch.training.features import TowerLayout
 
@@ -50,17 +50,13 @@ def samples_dir(wh: WarehouseConfig, run_date: date, kind: str = "recall") -> st
     return f"{wh.root.rstrip('/')}/samples/{kind}/{C.DT}={run_date.isoformat()}"
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path.replace("s3a://", "s3://", 1))
-    return pafs.LocalFileSystem(), str(Path(path).resolve())
 
 
 def sample_files(wh: WarehouseConfig, run_date: date, kind: str = "recall") -> tuple[list[str], dict]:
     """(Parquet shard paths, manifest) of the samples of label day D -- the one adapter to the samples
     stage's layout. Files named in ``_manifest.json`` when present, else every ``part-*.parquet``."""
     folder = samples_dir(wh, run_date, kind)
-    fs, inner = _filesystem(folder)
+    fs, inner = resolve(folder)
     info = fs.get_file_info(inner)
     if info.type != pafs.FileType.Directory:
         raise MissingInput(f"samples_{kind} shards for {run_date} not found at {folder}: run the samples stage first")
@@ -92,7 +88,7 @@ def list_units(files: list[str]) -> list[Unit]:
     """Row groups of the files, in file order (reads only the Parquet footers)."""
     units, start = [], 0
     for f in files:
-        fs, inner = _filesystem(f)
+        fs, inner = resolve(f)
         md = pq.ParquetFile(inner, filesystem=fs).metadata
         for g in range(md.num_row_groups):
             n = md.row_group(g).num_rows
@@ -133,7 +129,7 @@ class SampleStream(IterableDataset):
         self.shuffle_row_groups, self.cutoff, self.part, self.user_rows = shuffle_row_groups, cutoff, part, user_rows
         self.units = units if units is not None else list_units(self.files)
         self.epoch = 0
-        schema = pq.read_schema(_filesystem(self.files[0])[1], filesystem=_filesystem(self.files[0])[0]) \
+        schema = pq.read_schema(resolve(self.files[0])[1], filesystem=resolve(self.files[0])[0]) \
             if self.files else pa.schema([])
         wanted = set(user_layout.columns()) | set(item_layout.columns()) | set(_META)
         self.columns = [c for c in schema.names if c in wanted]
@@ -154,7 +150,7 @@ class SampleStream(IterableDataset):
     def _read(self, unit: Unit, cache: dict) -> pa.Table:
         pf = cache.get(unit.file)
         if pf is None:
-            fs, inner = _filesystem(unit.file)
+            fs, inner = resolve(unit.file)
             pf = cache[unit.file] = pq.ParquetFile(inner, filesystem=fs)
         t = pf.read_row_group(unit.row_group, columns=self.columns)
         t = t.append_column("_row", pa.array(np.arange(unit.first_row, unit.first_row + t.num_rows, dtype=np.int64)))

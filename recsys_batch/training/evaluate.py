@@ -26,7 +26,8 @@ from recsys_batch.config import Config
 from recsys_batch.io.delta_read import read_partition
 from recsys_batch.training.checkpoint import load_checkpoint
 from recsys_batch.training.columns import C
-from recsys_batch.training.data import _filesystem, cut_scalar, holdout_cutoff, sample_files
+from recsys_batch.io.fs import resolve
+from recsys_batch.training.data import cut_scalar, holdout_cutoff, sample_files
 from recsys_batch.training.export import _missing_columns, catalog_items, embed_table
 from recsys_batch.training.features import build_layout
 
@@ -56,8 +57,8 @@ def holdout_set(cfg: Config, run_date: date) -> tuple[pa.Table, dict[str, set[st
     if cutoff is None:
         return None
     files, _ = sample_files(cfg.warehouse, run_date)
-    fs, _ = _filesystem(files[0])
-    ds = pads.dataset([_filesystem(f)[1] for f in files], format="parquet", filesystem=fs)
+    fs, _ = resolve(files[0])
+    ds = pads.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs)
     ts_type = ds.schema.field(C.TS).type
     flt = (pc.field(C.TS) >= cut_scalar(cutoff, ts_type)) & (pc.field(C.LABEL) == 1)
     t = ds.to_table(filter=flt)

@@ -9,14 +9,16 @@
   ``feature_spec.json`` and ``user_layout.json`` beside it. :class:`UserEmbedder` is the example loader:
   it embeds one user from raw feature values (``UserEmbedder(dir).embed({"user_id": "u1", "gender": "f",
   ..., "lastn_items": ["i3", "i9"]})``) with no recsys_batch model code, only the spec's encoders.
+  The three files are written with :func:`recsys_batch.io.fs.write_atomic` and read back through
+  :mod:`recsys_batch.io.fs`, so the model folder may be local, on HDFS or in an object store.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,7 @@ import pyarrow.compute as pc
 import torch
 
 from recsys_batch.config import Config
+from recsys_batch.io import fs
 from recsys_batch.io.delta_read import latest_dt, read_partition, replace_partition_arrow
 from recsys_batch.training.checkpoint import SPEC, USER_TOWER, model_dir
 from recsys_batch.training.columns import (
@@ -106,24 +109,33 @@ def embedding_table(ids: pa.Array, vectors: np.ndarray, key: str, version: str) 
 
 
 def export_user_tower(model: TwoTower, layout: TowerLayout, spec: dict, out_dir: str) -> str:
-    """TorchScript of the user tower + the spec and layout it needs, in ``out_dir``."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    """TorchScript of the user tower + the spec and layout it needs, in ``out_dir`` (any filesystem).
+
+    Each file is serialised in memory and written atomically (:func:`recsys_batch.io.fs.write_atomic`).
+    """
+    fs.makedirs(out_dir)
     scripted = torch.jit.script(model.user_tower)
     path = f"{out_dir}/{USER_TOWER}"
-    scripted.save(path)
-    Path(f"{out_dir}/{SPEC}").write_text(json.dumps(spec))
-    Path(f"{out_dir}/user_layout.json").write_text(json.dumps({"seq_len": layout.seq_len, "source": "table",
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    fs.write_atomic(path, buf.getbuffer())
+    fs.write_atomic(f"{out_dir}/{SPEC}", json.dumps(spec))
+    fs.write_atomic(f"{out_dir}/user_layout.json", json.dumps({"seq_len": layout.seq_len, "source": "table",
                                                                 "columns": layout.columns()}))
     return path
 
 
 class UserEmbedder:
-    """Example serving-side loader: TorchScript user tower + feature spec -> embedding of raw values."""
+    """Example serving-side loader: TorchScript user tower + feature spec -> embedding of raw values.
+
+    ``directory`` is a local path or any URI :func:`recsys_batch.io.fs.resolve` understands (e.g. a
+    published release's ``model/`` folder); the tower is read into memory and loaded from bytes.
+    """
 
     def __init__(self, directory: str):
-        self.tower = torch.jit.load(f"{directory}/{USER_TOWER}")
-        self.spec = json.loads(Path(f"{directory}/{SPEC}").read_text())
-        meta = json.loads(Path(f"{directory}/user_layout.json").read_text())
+        self.tower = torch.jit.load(io.BytesIO(fs.read_bytes(f"{directory}/{USER_TOWER}")))
+        self.spec = fs.read_json(f"{directory}/{SPEC}")
+        meta = fs.read_json(f"{directory}/user_layout.json")
         self.layout = build_layout(self.spec, "user", meta["columns"], source="table", seq_len=meta["seq_len"])
 
     @torch.no_grad()

@@ -211,9 +211,9 @@ def run_train(cfg: Config, run_date: date) -> TrainResult:
         raise MissingInput(f"feature spec {spec_path} for the samples of {run_date} not found: run features first") from None
     import pyarrow.parquet as pq
 
-    from recsys_batch.training.data import _filesystem
+    from recsys_batch.io.fs import resolve
 
-    fs, inner = _filesystem(files[0])
+    fs, inner = resolve(files[0])
     columns = pq.read_schema(inner, filesystem=fs).names
     seed_everything(tc.seed)
     model, user_layout, item_layout = build_model(spec, columns, tc)
