@@ -9,47 +9,7 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
-
-class Col:
-    USER = "user_id"
-    ITEM = "item_id"
-    AUTHOR = "author_id"
-    EVENT = "event_type"
-    TS = "ts"
-    WATCH = "watch_time_s"
-    REQUEST = "request_id"
-    POSITION = "position"
-    DT = "dt"
-    SCORE = "score"
-    WEIGHT = "weight"
-    N_EVENTS = "n_events"
-    LAST_TS = "last_ts"
-    ITEMS = "items"
-    N_USERS = "n_users"
-    N_ITEMS = "n_items"
-    RANK = "rank"
-    NEIGHBOR = "neighbor"
-    STAGE = "stage"
-    PASSED = "passed"
-    GENDER = "gender"
-    AGE = "age"
-    CITY = "city"
-    GEOHASH = "geohash"
-    REGISTER_TS = "register_ts"
-    DEVICE_OS = "device_os"
-    OCCUPATION = "occupation"
-    CATEGORY = "category"
-    TAGS = "tags"
-    PUBLISH_TS = "publish_ts"
-    MEDIA_TYPE = "media_type"
-    DURATION = "duration_s"
-    TITLE = "title"
-    # quarantine
-    REASON = "reason"
-    SOURCE_FILE = "source_file"
-    # dense integer ids
-    USER_IDX = "user_idx"
-    ITEM_IDX = "item_idx"
+from recsys_batch.columns import ITEM_PREFIX, USER_PREFIX, Col, FCol  # noqa: F401 - re-exported
 
 
 def _f(name: str, dtype: T.DataType, nullable: bool = True) -> T.StructField:
@@ -142,45 +102,11 @@ RECALL_CHANNELS = ("itemcf", "swing", "usercf", "popular")
 # describes every column.
 
 
-class FCol:
-    """Column names of ``user_features`` / ``item_features`` / ``samples_*`` (besides :class:`Col`)."""
-
-    AGE_BUCKET = "age_bucket"
-    GEOHASH_PREFIX = "geohash_prefix"
-    ACCOUNT_AGE_DAYS = "account_age_days"
-    IS_NEW = "is_new"
-    ACTIVITY_LEVEL = "activity_level"
-    TOP_CATEGORIES = "top_categories"
-    TOP_CATEGORY_CTRS = "top_category_ctrs"
-    DURATION_BUCKET = "duration_bucket"
-    ITEM_AGE_DAYS = "item_age_days"
-    AUTHOR_ITEMS = "author_items"
-    AUTHOR_FOLLOWERS = "author_followers"
-    # samples
-    GROUP = "group_id"
-    LABEL = "label"
-    SOURCE = "source"
-    LABEL_WEIGHT = "label_weight"
-    SAMPLING_PROB = "item_sampling_prob"
-    POS_FREQ = "item_pos_freq"
-    KEEP_PROB = "keep_prob"
-    LASTN_ITEMS = "lastn_items"
-    CLICK = "click"
-    LIKE = "like"
-    COLLECT = "collect"
-    SHARE = "share"
-    COMMENT = "comment"
-    NEG_KEEP_RATE = "neg_keep_rate"
-    SAMPLE_WEIGHT = "sample_weight"
-
-
 #: counted event types -> plural used in column names (impressions_7d, clicks_7d, ...)
 STAT_EVENTS = {"impression": "impressions", "click": "clicks", "like": "likes", "collect": "collects",
                "share": "shares", "comment": "comments"}
 #: per-click engagement rates (like_rate_7d = smoothed likes / clicks)
 ENGAGEMENTS = ("like", "collect", "share", "comment")
-#: prefixes of the feature columns joined into samples
-USER_PREFIX, ITEM_PREFIX = "u_", "i_"
 RECALL_SOURCES = ("positive", "easy", "hard")
 
 
