@@ -25,7 +25,7 @@ from rich.table import Table
 
 from recsys_batch.config import Config, load_config
 from recsys_batch.errors import RecsysBatchError
-from recsys_batch.pipeline import STAGES
+from recsys_batch.pipeline import GATE_BASELINE_STAGES, STAGES
 from recsys_batch.runner import default_run_date, output_rows, parse_date, run_stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -393,9 +393,10 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
             rej = sum(r.n_rejected for r in res.result)
             valid = sum(r.valid for r in res.result)
             timings.append((f"ingest {d}", res.seconds, f"{valid:,} valid, {rej:,} quarantined"))
-        # stages whose D - 1 output later stages join (point in time), then every stage for D
+        # stages whose D - 1 output later stages join (point in time), and yesterday's recall lists (the
+        # publish gate's leak-free ItemCF / popular baselines on D's held-out hours); then every stage for D
         prev = end - timedelta(days=1)
-        prev_needed = {n for st in STAGES for n in st.prev_day}
+        prev_needed = {n for st in STAGES for n in st.prev_day} | set(GATE_BASELINE_STAGES)
         for stage in STAGES:
             if stage.name in prev_needed and len(days) > 1:
                 status.update(f"{stage.name} {prev}")

@@ -105,3 +105,9 @@ def get_stage(name: str) -> Stage:
         return STAGE_BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_BY_NAME)}") from None
+
+
+#: stages whose D - 1 output the publish gate reads as its leak-free baselines (``recall_itemcf`` /
+#: ``recall_popular`` of D - 1, see :mod:`recsys_batch.publish.gate`). Not a hard prerequisite of
+#: publish (the gate leaves a missing baseline out and says so); the demo builds them for D - 1.
+GATE_BASELINE_STAGES = ("matrix", "itemcf", "swing", "usercf", "recall")

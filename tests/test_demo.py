@@ -11,7 +11,10 @@ from recsys_batch.io.tables import read_table
 from recsys_batch.config import load_config
 
 SMALL = ["generate.n_users=120", "generate.n_items=80", "generate.n_authors=10", "generate.n_categories=6",
-         "generate.n_clusters=3", "generate.days=2", "generate.impressions_per_user_day=8"]
+         "generate.n_clusters=3", "generate.days=2", "generate.impressions_per_user_day=8",
+         # on 80 items every item is "hot" for word2vec-style down-sampling, and 4 held-out hours hold few
+         # positives: keep them all and hold out half the day, so the gate has users to evaluate
+         "samples.hot_item_share_threshold=null", "train.holdout_hours=12"]
 
 
 def test_demo_end_to_end(spark, tmp_path):
@@ -31,6 +34,11 @@ def test_demo_end_to_end(spark, tmp_path):
     assert m.count() > 0 and m.where("score <= 0").count() == 0
     # the generator plants bad rows: they are quarantined, not lost
     assert read_table(spark, cfg.warehouse, "rejected_events").count() > 0
+    # the release's gate table: the new model beside yesterday's (leak-free) ItemCF and popular lists
+    from recsys_batch.publish.release import current_release
+
+    gate = current_release(cfg)["manifest"]["metrics"]["gate"]
+    assert [r["name"] for r in gate["rows"]] == ["two_tower_new", "itemcf", "popular"], gate
 
     # re-running a stage through its command replaces the date: same counts
     before = m.count()
