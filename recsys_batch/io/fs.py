@@ -245,9 +245,12 @@ def sha256(uri: PathLike) -> Digest:
 def makedirs(uri: PathLike) -> None:
     """Create a folder and its parents (no-op on object stores, which have no folders)."""
     k = kind(uri)
-    if k == "object":
-        return
-    fs, p = resolve(uri)
+    if k != "object":
+        fs, p = resolve(uri)
+        _mkdir(fs, k, p)
+
+
+def _mkdir(fs: pafs.FileSystem, k: Kind, p: str) -> None:
     if k == "local":
         os.makedirs(p, exist_ok=True)
     else:
@@ -327,13 +330,9 @@ def write_bytes(uri: PathLike, data: bytes | bytearray | memoryview | str) -> No
 def _make_parent(uri: PathLike) -> None:
     """Create the folder a file will be written into (no-op on object stores)."""
     k = kind(uri)
-    if k == "object":
-        return
-    fs, p = resolve(uri)
-    if k == "local":
-        os.makedirs(_parent(p), exist_ok=True)
-    else:
-        fs.create_dir(_parent(p), recursive=True)
+    if k != "object":
+        fs, p = resolve(uri)
+        _mkdir(fs, k, _parent(p))
 
 
 def write_text(uri: PathLike, text: str) -> None:
