@@ -64,20 +64,27 @@ def test_publish_writes_a_verified_release_and_switches_the_pointer(wh):
     assert rel.current_release(cfg)["manifest"]["release"] == r2.release
 
 
-def test_publish_is_atomic_under_an_injected_failure(wh, monkeypatch):
-    cfg = _cfg(wh)
-    r1 = rel.run_publish(cfg, D1)
-    before = (wh / "published" / "CURRENT").read_text()
+def _fail_third_copy(monkeypatch, message: str) -> dict:  # noqa: ANN001
+    """Make the third file copy of a publish raise ``OSError(message)``; returns the call counter."""
     calls = {"n": 0}
     real = rel._copy_file
 
     def failing_copy(src, dst):  # noqa: ANN001, ANN202
         calls["n"] += 1
         if calls["n"] == 3:
-            raise OSError("disk full (injected)")
+            raise OSError(message)
         return real(src, dst)
 
     monkeypatch.setattr(rel, "_copy_file", failing_copy)
+    return calls
+
+
+def test_publish_is_atomic_under_an_injected_failure(wh, monkeypatch):
+    cfg = _cfg(wh)
+    r1 = rel.run_publish(cfg, D1)
+    before = (wh / "published" / "CURRENT").read_text()
+    real = rel._copy_file
+    _fail_third_copy(monkeypatch, "disk full (injected)")
     with pytest.raises(OSError, match="injected"):
         rel.run_publish(cfg, D2)
     assert (wh / "published" / "CURRENT").read_text() == before
@@ -212,16 +219,7 @@ def test_memory_publish_keeps_the_pointer_on_a_failure_midway(wh, mem_area, monk
     cfg = _cfg(wh, f"publish.root={mem_area}")
     r1 = rel.run_publish(cfg, D1)
     before = fs.read_bytes(f"{mem_area}/CURRENT")
-    real = rel._copy_file
-    calls = {"n": 0}
-
-    def failing_copy(src, dst):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError("connection reset (injected)")
-        return real(src, dst)
-
-    monkeypatch.setattr(rel, "_copy_file", failing_copy)
+    calls = _fail_third_copy(monkeypatch, "connection reset (injected)")
     with pytest.raises(OSError, match="injected"):
         rel.run_publish(cfg, D2)
     assert rel.read_pointer(cfg)["release"] == r1.release and fs.read_bytes(f"{mem_area}/CURRENT") == before
