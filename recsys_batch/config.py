@@ -466,17 +466,37 @@ class PublishConfig(_Model):
     optional_tables: list[str] = Field(default_factory=lambda: [
         "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf", "recall_swing", "recall_usercf",
         "recall_popular", "user_embeddings"])
+    #: evaluate the new model on D's held-out hours and refuse to publish a bad one (recsys_batch.publish.gate)
     gate: bool = True
     #: the metric the gate compares (one of recall@K / ndcg@K with K in gate_ks)
     gate_metric: str = "recall@50"
     gate_ks: list[int] = Field(default_factory=lambda: [20, 50])
-    #: refuse when new < previous * (1 - gate_tolerance) (relative drop)
+    #: refuse when new < previous * (1 - gate_tolerance) (relative drop against yesterday's model)
     gate_tolerance: float = Field(0.05, ge=0.0, le=1.0)
-    #: held-out users evaluated by the gate (a seeded sample)
+    #: refuse when new < popular * (1 + gate_popular_margin): a model must beat the popular baseline
+    gate_popular_margin: float = Field(0.0, ge=0.0)
+    #: refuse when the held-out set has fewer users: the standard error of a mean recall over n users is up
+    #: to 0.5 / sqrt(n) -- 0.05 at 100 users, 0.17 at 9, more than a useless model's gap to popular
+    gate_min_users: int = Field(100, ge=1)
+    #: absolute floor on gate_metric (null = none): refuse when new < it; a first model (no earlier
+    #: checkpoint to compare with) is published only with a floor set here or with force
+    gate_min_metric: float | None = Field(None, ge=0.0, le=1.0)
+    #: held-out users evaluated by the gate (a seeded sample); at least gate_min_users
     gate_max_users: int = Field(5000, ge=1)
-    #: publish even if the gate refuses (the refusal is still recorded in the manifest)
+    #: publish even if the gate refuses (the refusal and its reasons are still recorded in the manifest)
     force: bool = False
     seed: int = 5
+
+    @model_validator(mode="after")
+    def _gate_users(self) -> PublishConfig:
+        if self.gate_max_users < self.gate_min_users:
+            raise ValueError(f"publish.gate_max_users ({self.gate_max_users}) < publish.gate_min_users "
+                             f"({self.gate_min_users}): the gate could never evaluate enough users")
+        k = self.gate_metric.split("@")
+        if len(k) != 2 or k[0] not in ("recall", "ndcg") or not k[1].isdigit() or int(k[1]) not in self.gate_ks:
+            raise ValueError(f"publish.gate_metric {self.gate_metric!r} must be recall@K or ndcg@K with K in "
+                             f"publish.gate_ks {self.gate_ks}")
+        return self
 
 
 class Config(_Model):

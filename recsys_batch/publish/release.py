@@ -19,9 +19,10 @@ URI :func:`recsys_batch.io.fs.resolve` understands (``hdfs://``, ``viewfs://``, 
 
 A pointer (log entry and mirror alike) is ``{"release", "run_date", "path", "switched_at", "seq"}``.
 
-**Protocol.** gate -> write every file of the release -> ``manifest.json`` last -> (local / HDFS: rename
-``.staging-<id>`` to ``releases/<id>``, one atomic rename) -> verify: every checksum, size and row count
-re-read from the published filesystem -> switch the pointer -> prune. A crash or error at any step before
+**Protocol.** gate (:mod:`recsys_batch.publish.gate`: a refusal stops here; its decision, reasons and
+table go to the manifest) -> write every file of the release -> ``manifest.json`` last -> (local / HDFS:
+rename ``.staging-<id>`` to ``releases/<id>``, one atomic rename) -> verify: every checksum, size and row
+count re-read from the published filesystem -> switch the pointer -> prune. A crash or error at any step before
 the pointer's log entry exists leaves the previous release current; a failed run removes what it wrote.
 
 **Why a pointer log.** Replacing one existing file atomically is not available everywhere: POSIX
@@ -66,7 +67,7 @@ from recsys_batch.config import Config, WarehouseConfig
 from recsys_batch.errors import MissingInput, RecsysBatchError
 from recsys_batch.io import fs
 from recsys_batch.io.delta_read import read_partition, table_version
-from recsys_batch.publish.gate import GateResult, check_gate, gate_metrics
+from recsys_batch.publish.gate import DISABLED, GateResult, check_gate, gate_metrics
 from recsys_batch.training.checkpoint import model_dir, read_raw_checkpoint
 
 log = logging.getLogger(__name__)
@@ -299,10 +300,11 @@ def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> Publi
     """The publish stage for D (non-Spark); see the module docstring for the protocol."""
     pc = cfg.publish
     force = pc.force if force is None else force
-    gate = GateResult(metric=pc.gate_metric, tolerance=pc.gate_tolerance)
+    gate = GateResult(metric=pc.gate_metric, run_date=run_date.isoformat(), decision=DISABLED,
+                      reason="publish.gate = false: not evaluated")
     if pc.gate:
         gate = check_gate(gate_metrics(cfg, run_date), force)  # raises GateRefused before anything is written
-        log.info("publish %s gate: %s\n%s", run_date, gate.reason, gate.table())
+        log.info("publish %s gate %s:\n%s", run_date, gate.decision, gate.table())
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     release = f"{run_date.isoformat()}_{stamp}"
     root = published_root(cfg)

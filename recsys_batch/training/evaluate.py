@@ -6,7 +6,9 @@ sample of at most ``publish.gate_max_users``): the user's state = the first held
 (its u_* features of D - 1 and the last-N items before that moment); truth = the user's held-out positive
 items not in that last-N. A model retrieves top-K over the catalog (``item_features``, newest dt <= D)
 excluding the last-N; the ItemCF / popular channels are their ``recall_<channel>`` lists of D - 1
-(built on data up to the end of D - 1, so nothing of D leaks in).
+(built on data up to the end of D - 1, so nothing of D leaks in). :func:`popular_lists` is the popular
+baseline computed here when ``recall_popular`` of D - 1 is missing: the most frequent positive items of
+D's rows before the cut (what training saw), the user's last-N excluded like the model's lists.
 
 Recall@K = |top-K & truth| / |truth|; NDCG@K = sum_{hits} 1/log2(1 + rank) / sum_{r <= min(K, |truth|)}
 1/log2(1 + r); both averaged over users. Cost: one pass over the shards' ts column, O(users x items x d).
@@ -102,6 +104,37 @@ def model_lists(checkpoint: str, states: pa.Table, cfg: Config, run_date: date, 
                 s[r] = -np.inf
         top = np.argpartition(-s, min(k, len(s) - 1))[:k]
         out[u] = list(item_ids[top[np.argsort(-s[top])]])
+    return out
+
+
+def popular_lists(cfg: Config, run_date: date, states: pa.Table, k: int) -> dict[str, list[str]] | None:
+    """Leak-free popular baseline for the held-out users of :func:`holdout_set` without Spark: items
+    ranked by their number of positive sample rows of D with ts < the holdout cut (count desc, item id
+    asc), per user the top ``k`` not in the state's last-N. None without a holdout cut or without a
+    positive row before it. Cost: one pass over the shards' item / label / ts columns, O(users x (k + N))."""
+    cutoff = holdout_cutoff(run_date, cfg.train.holdout_hours)
+    if cutoff is None:
+        return None
+    files, _ = sample_files(cfg.warehouse, run_date)
+    fs, _ = resolve(files[0])
+    ds = pads.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs)
+    flt = (pc.field(C.TS) < cut_scalar(cutoff, ds.schema.field(C.TS).type)) & (pc.field(C.LABEL) == 1)
+    t = ds.to_table(columns=[C.ITEM], filter=flt)
+    if t.num_rows == 0:
+        return None
+    counts = t.group_by(C.ITEM).aggregate([([], "count_all")])
+    counts = counts.sort_by([("count_all", "descending"), (C.ITEM, "ascending")])
+    ranked = counts.column(C.ITEM).to_pylist()
+    out: dict[str, list[str]] = {}
+    for u, last in zip(states.column(C.USER).to_pylist(), states.column(C.LASTN_ITEMS).to_pylist(), strict=True):
+        seen = set(last or ())
+        lst: list[str] = []
+        for i in ranked:
+            if i not in seen:
+                lst.append(i)
+                if len(lst) == k:
+                    break
+        out[u] = lst
     return out
 
 
