@@ -129,7 +129,41 @@ def _stage_command(stage_name: str, doc: str) -> None:
 
 
 for _stage in STAGES:
-    _stage_command(_stage.name, _stage.doc)
+    if _stage.name != "publish":  # its own command below (--force, the gate table)
+        _stage_command(_stage.name, _stage.doc)
+
+
+def render_gate(gate: dict[str, Any], title: str = "evaluation gate") -> None:
+    """The gate's table (models and baselines as rows, with the source of each) and every check."""
+    rows = gate.get("rows") or []
+    if rows:
+        g = Table(title=f"{title}: {gate.get('decision', '')} on {gate.get('metric', '')}")
+        cols = list(rows[0])
+        for c in cols:
+            g.add_column(c, justify="left" if c in ("name", "source") else "right")
+        for r in rows:
+            g.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols])
+        console.print(g)
+    for c in gate.get("checks") or []:
+        console.print(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['detail']}", markup=False, highlight=False)
+    if not rows and not gate.get("checks") and gate.get("reason"):
+        console.print(f"gate: {gate['reason']}", markup=False, highlight=False)
+
+
+@app.command("publish")
+@_friendly
+def publish_cmd(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None, no_check: NoCheckOpt = False,
+                force: Annotated[bool, typer.Option("--force", help="publish even if the gate refuses (recorded as "
+                                                                    "forced in the manifest; = publish.force=true)")] = False,
+                verbose: VerboseOpt = False) -> None:
+    """Gate the new model, then publish one atomic, versioned release. On a refusal prints `error:`, every
+    failed check and the gate table, and exits 2 (nothing is published)."""
+    _setup_logging(verbose, quiet=not verbose)  # the table is rendered below, not logged a second time
+    cfg = _cfg(conf, [*(set_ or []), *(["publish.force=true"] if force else [])])
+    res = run_stage("publish", cfg, _date(date_), check_upstream=not no_check)
+    r = res.result
+    render_gate(r.gate, f"evaluation gate {r.run_date}")
+    console.print(f"published {r.release} ({res.seconds:.1f}s): {r.path}", markup=False, highlight=False)
 
 
 @app.command("fetch-jars")
@@ -340,16 +374,8 @@ def render_release(cfg: Config) -> None:
         t.add_row(k, f"{v:,}")
     console.print(t)
     gate = man.get("metrics", {}).get("gate", {})
-    if gate.get("rows"):
-        g = Table(title=f"evaluation gate ({gate.get('reason', '')})")
-        cols = list(gate["rows"][0])
-        for c in cols:
-            g.add_column(c, justify="left" if c == "name" else "right")
-        for r in gate["rows"]:
-            g.add_row(*[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
-        console.print(g)
-    elif gate:
-        console.print(f"gate: {gate.get('reason')}")
+    if gate:
+        render_gate(gate)
     idx = man.get("metrics", {}).get("index", {})
     if idx:
         console.print(f"index: {idx}")

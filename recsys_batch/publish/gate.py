@@ -235,7 +235,7 @@ def check_gate(res: GateResult, force: bool) -> GateResult:
     if force:
         res.decision, res.forced = FORCED, True
         res.reason = f"forced despite {len(failed)} failed check(s): " + "; ".join(failed)
-        log.warning("gate %s refused but forced:\n  - %s\n%s", res.run_date, "\n  - ".join(failed), res.table())
+        log.warning("gate %s refused but forced (publish.force / --force):\n  - %s", res.run_date, "\n  - ".join(failed))
         return res
     res.decision, res.forced = REFUSED, False
     res.reason = "refused: " + "; ".join(failed)
