@@ -24,7 +24,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from recsys_batch.config import Config, load_config
-from recsys_batch.errors import RecsysBatchError
+from recsys_batch.errors import GateRefused, RecsysBatchError
 from recsys_batch.pipeline import GATE_BASELINE_STAGES, STAGES
 from recsys_batch.runner import default_run_date, output_rows, parse_date, run_stage
 
@@ -395,6 +395,15 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     from recsys_batch.spark import get_spark
 
     cfg = _cfg(conf, set_)
+    pc = cfg.publish
+    gate_note = ""
+    if pc.gate and pc.gate_min_metric is None and pc.gate_metric.startswith("recall@"):
+        # the demo trains one day, so it publishes a first model: the gate needs a floor (or force). The floor
+        # set here is a random list's expected recall@K, K / catalog size; beating popular is still required
+        floor = round(min(1.0, int(pc.gate_metric.split("@")[1]) / cfg.generate.n_items), 4)
+        cfg = _cfg(conf, [*(set_ or []), f"publish.gate_min_metric={floor}"])
+        gate_note = (f"demo: publish.gate_min_metric = {floor} (first model: {pc.gate_metric} of a random list = "
+                     f"K / generate.n_items); the model must also beat popular on the held-out hours")
     end = _date(date_)
     days = [end - timedelta(days=i) for i in range(cfg.generate.days - 1, -1, -1)]
     root = cfg.warehouse.root
@@ -402,6 +411,7 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         shutil.rmtree(root)
     timings: list[tuple[str, float, str]] = []
     results: dict[str, Any] = {}
+    refused: GateRefused | None = None
 
     t0 = time.perf_counter()
     counts = generate_synthetic(cfg.generate, end, cfg.warehouse.raw_root)
@@ -436,7 +446,12 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
                 timings.append((f"{stage.name} {end}", 0.0, "skipped: needs the previous day (generate.days >= 2)"))
                 continue
             status.update(f"{stage.name} {end}")
-            res = run_stage(stage.name, cfg, end, spark)
+            try:
+                res = run_stage(stage.name, cfg, end, spark)
+            except GateRefused as e:  # show everything built, then the refusal (exit 2 below)
+                refused = e
+                timings.append((f"{stage.name} {end}", 0.0, "refused by the gate: nothing published"))
+                continue
             results[stage.name] = res.result
             summary_rows = output_rows(res.result)
             timings.append((f"{stage.name} {end}", res.seconds,
@@ -474,6 +489,10 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         tt.add_row(name, f"{secs:.1f}", note)
     tt.add_row("total", f"{sum(s for _, s, _ in timings):.1f}", "")
     console.print(tt)
+    if gate_note:
+        console.print(gate_note, markup=False, highlight=False)
+    if refused is not None:
+        raise refused  # printed by _friendly: error line, every failed check, the gate table; exit 2
 
 
 if __name__ == "__main__":  # pragma: no cover
