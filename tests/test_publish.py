@@ -211,6 +211,16 @@ def test_gate_decisions_on_hand_made_tables():
         check_gate(_result(new=0.12, floor=0.15, popular=0.10), force=False)
 
 
+def test_gate_config_is_checked():
+    from recsys_batch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"publish.gate_max_users \(50\) < publish.gate_min_users \(100\)"):
+        load_config(None, ["publish.gate_max_users=50"])
+    with pytest.raises(ConfigError, match=r"publish.gate_metric 'recall@30' must be recall@K or ndcg@K with K in"):
+        load_config(None, ["publish.gate_metric=recall@30"])
+    assert load_config(None, ["publish.gate_metric=ndcg@20"]).publish.gate_min_metric is None
+
+
 def _write_samples(root: Path, day: date, rows: list[tuple]) -> None:
     """Recall sample rows (user, item, label, hh:mm of ``day`` UTC, last-N) as one part file."""
     import pyarrow as pa
