@@ -27,7 +27,9 @@ from recsys_batch.features.spec import load_spec
 from recsys_batch.training.checkpoint import (
     CHECKPOINT, load_checkpoint, model_dir, previous_checkpoint, save_checkpoint, warm_start,
 )
-from recsys_batch.training.data import SampleStream, holdout_cutoff, list_units, make_loader, sample_files
+from recsys_batch.training.data import (
+    SampleStream, holdout_cutoff, list_units, make_loader, require_loss_columns, sample_files,
+)
 from recsys_batch.training.features import TowerLayout, build_layout
 from recsys_batch.training.loss import batch_loss
 from recsys_batch.training.model import TwoTower, shape_from_layouts
@@ -215,6 +217,7 @@ def run_train(cfg: Config, run_date: date) -> TrainResult:
 
     fs, inner = resolve(files[0])
     columns = pq.read_schema(inner, filesystem=fs).names
+    require_loss_columns(columns, tc.loss, tc.logq_correction, files[0])
     seed_everything(tc.seed)
     model, user_layout, item_layout = build_model(spec, columns, tc)
     res_ws: dict = {}
