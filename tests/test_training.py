@@ -14,14 +14,15 @@ import torch
 from recsys_batch.config import TrainConfig, load_config
 from recsys_batch.training.checkpoint import load_checkpoint, warm_start
 from recsys_batch.training.data import (
-    RECALL_SAMPLE_COLUMNS, SampleStream, list_units, make_loader, recall_contract_violations,
+    RECALL_SAMPLE_COLUMNS, SampleStream, count_rows, holdout_cutoff, list_units, make_loader, recall_contract_violations,
+    sample_files,
 )
 from recsys_batch.training.evaluate import ranking_metrics
 from recsys_batch.training.features import build_layout
 from recsys_batch.training.loss import batch_loss, bce_row_weights, softmax_columns, softmax_logits
 from recsys_batch.training.model import TwoTower, shape_from_layouts
 from recsys_batch.training.synthetic import World, make_samples, make_spec, write_shards
-from recsys_batch.training.train import build_model, seed_everything, train
+from recsys_batch.training.train import build_model, fresh_epochs, seed_everything, train
 
 torch.set_num_threads(1)
 D1 = date(2026, 1, 1)
@@ -173,6 +174,23 @@ def test_warm_start_keeps_known_rows_and_grows_new_ones():
     assert new.user_tower.seq_table is new.item_tower.id_table  # last-N pooling still shares the item table
 
 
+def test_dropout_is_training_only_and_keeps_the_checkpoint_layout():
+    spec = make_spec(World(20, 30, 2, seed=0))
+    kw = dict(hidden_dims=[8, 8], embedding_dim=4, id_embedding_dim=4, feature_embedding_dim=2)
+    plain, _, _ = build_model(spec, None, TrainConfig(**kw))
+    drop, ul, il = build_model(spec, None, TrainConfig(dropout=0.5, id_dropout=0.5, **kw))
+    assert list(plain.state_dict()) == list(drop.state_dict())  # checkpoints load into a model without dropout
+    t = make_samples(World(20, 30, 2, seed=0), D1, 2.0)
+    s = SampleStream([], ul, il, 64)
+    b = s.encode(t.append_column("_row", pa.array(np.arange(t.num_rows))))
+    drop.eval()
+    u1, u2 = drop.user(b["user"]), drop.user(b["user"])
+    assert torch.equal(u1, u2)  # eval: no dropout
+    drop.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(drop.user(b["user"]), u1)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     w = World(200, 300, 4, seed=5)
@@ -210,8 +228,6 @@ def test_tiny_model_beats_popularity_on_recall_at_50(tmp_path):
     days = [date(2026, 1, d) for d in range(1, 5)]
     tables = [make_samples(w, d, 3.0, seed=1) for d in days]
     train_t, test_t = tables[:-1], tables[-1]
-    import pyarrow as pa
-
     t = pa.concat_tables(train_t)
     files = write_shards(t, tmp_path / "train", 5000, 1024)
     spec = make_spec(w)
@@ -258,7 +274,7 @@ def _ddp_worker(rank: int, world: int, files: list[str], cols: list[str], port: 
         w = W(200, 300, 4, seed=5)
         spec = make_spec(w)
         tc = TrainConfig(batch_size=128, max_steps=6, num_workers=0, hidden_dims=[16], embedding_dim=16,
-                         id_embedding_dim=8, feature_embedding_dim=4, learning_rate=0.01)
+                         id_embedding_dim=8, feature_embedding_dim=4, learning_rate=0.01, dropout=0.0, id_dropout=0.0)
         seed_everything(tc.seed)
         model, ul, il = build_model(spec, cols, tc)
         s = SampleStream(files, ul, il, tc.batch_size, 3, rank, world, 2, units=list_units(files))
@@ -284,8 +300,9 @@ def test_ddp_two_processes_match_single_process(shards, tmp_path):
     from recsys_batch.training.loss import batch_loss
 
     spec = make_spec(w)
+    # no dropout: the comparison is of the gradient averaging, not of two random streams
     tc = TrainConfig(batch_size=128, max_steps=6, num_workers=0, hidden_dims=[16], embedding_dim=16,
-                     id_embedding_dim=8, feature_embedding_dim=4, learning_rate=0.01)
+                     id_embedding_dim=8, feature_embedding_dim=4, learning_rate=0.01, dropout=0.0, id_dropout=0.0)
     seed_everything(tc.seed)
     model, ul, il = build_model(spec, t.column_names, tc)
     its = [iter(SampleStream(files, ul, il, tc.batch_size, 3, r, 2, 2, units=list_units(files))) for r in (0, 1)]
@@ -312,14 +329,26 @@ def test_run_train_warm_starts_and_exports_a_loadable_user_tower(tmp_path):
     from recsys_batch.training.train import run_train
 
     cfg = load_config(None, [f"warehouse.root={tmp_path / 'wh'}", "train.batch_size=256", "train.num_workers=0",
-                             "train.progress=false", "train.hidden_dims=[16]", "train.embedding_dim=16"])
+                             "train.progress=false", "train.hidden_dims=[16]", "train.embedding_dim=16",
+                             "train.epochs=1", "train.fresh_min_steps=1", "train.dropout=0.2", "train.id_dropout=0.3"])
     w = World(150, 200, 4, seed=2)
     d1, d2 = date(2026, 1, 1), date(2026, 1, 2)
     build_warehouse(cfg, w, [d1, d2], known_items=190)
+
+    def train_rows(d: date) -> int:
+        t = pa.concat_tables([pq.read_table(f, columns=["ts"]) for f in sample_files(cfg.warehouse, d)[0]])
+        return int(pa.compute.sum(pa.compute.less(t["ts"], holdout_cutoff(d, cfg.train.holdout_hours))).as_py())
+
+    n1 = train_rows(d1)
+    assert count_rows(sample_files(cfg.warehouse, d1)[0], holdout_cutoff(d1, 4.0)) == n1
+    per_epoch = math.ceil(n1 / 256)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fresh_min_steps": 2 * per_epoch + 1})})
+    assert fresh_epochs(n1, cfg.train) == 3
     r1 = run_train(cfg, d1)
-    assert r1.warm_start_from is None and r1.steps > 0
+    assert r1.warm_start_from is None and r1.examples == 3 * n1  # fresh: whole epochs up to train.fresh_min_steps
     r2 = run_train(cfg, d2)
     assert r2.warm_start_from.endswith("dt=2026-01-01/checkpoint.pt")
+    assert r2.examples == train_rows(d2)  # warm start: train.epochs
     assert r2.warm_start_rows["item.id"]["kept"] == 1 + 190 + 4
     items = read_partition(cfg.warehouse, "item_embeddings", d2)
     assert items.num_rows == 200  # the whole catalog, the 10 cold (out-of-vocabulary) items included
@@ -331,7 +360,6 @@ def test_run_train_warm_starts_and_exports_a_loadable_user_tower(tmp_path):
     u = int(uid[1:])
     raw = {"user_id": uid, "gender": None, "age": None, "is_new": u % 7 == 0,
            "top_categories": [f"c{w.user_cluster[u]}"], "lastn_items": [f"i{i}" for i in w.history[u][::-1][:20]]}
-    import pyarrow as pa
     from recsys_batch.training.synthetic import user_features
 
     uf = user_features(w)

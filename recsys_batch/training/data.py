@@ -37,6 +37,7 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 from pyarrow import fs as pafs
@@ -180,6 +181,19 @@ def sample_files(wh: WarehouseConfig, run_date: date, kind: str = "recall") -> t
     if not names:
         raise MissingInput(f"samples_{kind} for {run_date}: no part-*.parquet files in {folder}")
     return [f"{folder}/{n}" for n in names], manifest
+
+
+def count_rows(files: list[str], cutoff: datetime | None, part: str = "train") -> int:
+    """Rows of the shards in ``part`` (``train``: ts < cutoff, ``holdout``: ts >= cutoff, ``all``); reads the
+    ts column only."""
+    if not files:
+        return 0
+    fs, _ = resolve(files[0])
+    ds = pads.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs)
+    if cutoff is None or part == "all":
+        return ds.count_rows()
+    cut = cut_scalar(cutoff, ds.schema.field(C.TS).type)
+    return ds.count_rows(filter=(pc.field(C.TS) < cut) if part == "train" else (pc.field(C.TS) >= cut))
 
 
 @dataclass(frozen=True)
