@@ -379,8 +379,10 @@ class SamplesConfig(_Model):
 class TrainConfig(_Model):
     """Daily full retrain of the two-tower retrieval model (``recsys_batch.training``).
 
-    score(u, i) = cos(u, i) / temperature; loss ``softmax`` = in-batch sampled softmax with the logQ
-    correction s(u, j) - log p_j plus the batch's stored easy/hard negatives as extra columns.
+    score(u, i) = cos(u, i) / temperature; loss ``softmax`` = sampled softmax over the batch's positives and
+    its stored easy negatives, every column corrected by s - log Q(j), Q = the mixture of item_pos_freq and
+    item_sampling_prob (hard negatives are left out under logQ: no proposal probability). See
+    ``recsys_batch.training.loss`` and docs/training.md for the losses and the defaults' measurements.
     """
 
     seed: int = 7
@@ -392,20 +394,32 @@ class TrainConfig(_Model):
     feature_embedding_dim: int = Field(8, ge=1)
     #: hidden layers of each tower's MLP
     hidden_dims: list[int] = Field(default_factory=lambda: [128])
+    #: training only: zero a row's user-id / item-id embedding with this probability (DropoutNet), so the towers
+    #: learn to score from features and the last-N too -- what cold users / items have
+    id_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    #: training only: dropout on each tower's MLP input and hidden layers
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
     temperature: float = Field(0.05, gt=0.0)
     loss: Literal["softmax", "bce", "pairwise"] = "softmax"
-    #: softmax: subtract log p_j (item_pos_freq) from the in-batch logits (Yi et al. 2019)
+    #: softmax: subtract log Q(j) from every column, Q = (P pf + E q) / (P + E) (Yi et al. 2019 with the easy
+    #: negatives' own q); hard negatives are then left out (no proposal probability)
     logq_correction: bool = True
-    #: softmax: the batch's stored easy/hard negative rows as extra (shared) logit columns
+    #: softmax: the batch's stored negative rows as extra (shared) columns (easy only under logQ)
     stored_negatives: bool = True
     #: pairwise: ``hinge`` max(0, margin - s+ + s-) or ``log`` log(1 + exp(-(s+ - s- - margin)))
     pairwise_kind: Literal["hinge", "log"] = "log"
     margin: float = Field(0.1, ge=0.0)
-    #: sample rows (positives + stored negatives) per batch
-    batch_size: int = Field(2048, ge=2)
+    #: sample rows (positives + stored negatives) per batch: ~1/5 positives, so 512 rows = ~100 users, each
+    #: scored against ~500 columns (the batch's positives and its easy negatives)
+    batch_size: int = Field(512, ge=2)
     learning_rate: float = Field(0.003, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    #: passes over the day's samples when warm-starting from yesterday's checkpoint
     epochs: int = Field(1, ge=1)
+    #: without a checkpoint to start from (the first day, train.warm_start false) train at least about this many
+    #: optimizer steps: whole epochs are repeated until ceil(fresh_min_steps / steps per epoch) -- a fresh model
+    #: needs a number of updates, not of passes; a large day reaches it in one epoch. null = ``epochs`` only
+    fresh_min_steps: int | None = Field(400, ge=1)
     #: stop after this many optimizer steps (benchmarks, smoke runs); null = the whole epoch
     max_steps: int | None = Field(None, ge=1)
     #: DataLoader worker processes (0 = read in the training process)

@@ -3,8 +3,9 @@
 Users and items belong to one of K clusters; a user's positives come from its own cluster with
 probability ``in_cluster`` (item ~ Zipf popularity within the cluster), else from the whole catalog.
 Item category = its cluster (noisy: ``category_noise``), so the towers can learn the structure from ids,
-features and the last-N sequence. Produces the feature spec, recall sample rows (positives + easy
-negatives ~ popularity^0.75, with item_pos_freq / item_sampling_prob), and user / item feature tables.
+features and the last-N sequence. Produces the feature spec, recall sample rows with the samples stage's
+columns and meaning (:func:`make_samples`; ``tests/test_training.py`` runs the same contract check on both),
+and user / item feature tables.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_batch.training.columns import C
+from recsys_batch.training.data import RECALL_SAMPLE_COLUMNS
 
 
 @dataclass
@@ -115,9 +117,24 @@ def _item_cols(w: World, items: np.ndarray) -> dict[str, pa.Array]:
             "clicks_7d": pa.array(np.round(pop[items] * 3), pa.int64())}
 
 
+#: strongest-event weights of a positive (events.weights: click 1, like 2, collect / comment 3, share 4) and
+#: how often each is a positive's strongest event
+_POS_WEIGHTS, _POS_WEIGHT_P = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.7, 0.15, 0.1, 0.05])
+
+
 def make_samples(w: World, run_date: date, positives_per_user: float = 3.0, negatives: int = 4,
-                 seed: int = 0, lastn: int = 20, extra_numeric: int = 0) -> pa.Table:
-    """Recall sample rows of one label day; appends the day's positives to the users' histories."""
+                 seed: int = 0, lastn: int = 20, extra_numeric: int = 0, hard_negative_ratio: float = 0.25,
+                 easy_oversample: float = 2.0) -> pa.Table:
+    """Recall sample rows of one label day with the samples stage's columns and meaning
+    (:data:`recsys_batch.training.data.RECALL_SAMPLE_COLUMNS`); appends the day's positives to the histories.
+
+    As :mod:`recsys_batch.samples.recall`: one positive per (user, item) of the day (the first draw),
+    label_weight = its strongest event's weight, 0 on negatives; per positive ``round(negatives x
+    hard_negative_ratio)`` hard negatives (the user's cluster ∝ popularity: "recalled, then cut") and easy
+    ones ~ popularity^0.75 for the rest, oversampled and never one of the user's positives of the day;
+    item_sampling_prob = q(item) of the easy sampler on every row, item_pos_freq = the item's share of the
+    day's positive rows.
+    """
     rng = np.random.default_rng([seed, run_date.toordinal()])
     n_pos = rng.poisson(positives_per_user, w.n_users)
     users = np.repeat(np.arange(w.n_users), n_pos)
@@ -125,36 +142,56 @@ def make_samples(w: World, run_date: date, positives_per_user: float = 3.0, nega
     secs = np.sort(rng.integers(0, 86400, len(users)))
     users = users[rng.permutation(len(users))]
     items = w.draw_positives(users, rng)
+    _, first = np.unique(users * w.n_items + items, return_index=True)  # one positive per (user, item)
+    keep = np.sort(first)
+    users, items, secs = users[keep], items[keep], secs[keep]
+    day_items: dict[int, set[int]] = {}
+    for u, i in zip(users, items, strict=True):
+        day_items.setdefault(int(u), set()).add(int(i))
     freq = np.bincount(items, minlength=w.n_items) / max(len(items), 1)
     neg_p = w.item_pop ** 0.75
     neg_p /= neg_p.sum()
-    rows: dict[str, list] = {k: [] for k in (C.GROUP, C.USER, C.ITEM, C.LABEL, C.SOURCE, C.TS, C.LABEL_WEIGHT,
-                                             C.SAMPLING_PROB, C.POS_FREQ, C.LASTN_ITEMS, "_u", "_i")}
-    negs = rng.choice(w.n_items, (len(users), negatives), p=neg_p)
+    weights = rng.choice(_POS_WEIGHTS, len(users), p=_POS_WEIGHT_P)
+    n_hard = int(round(negatives * hard_negative_ratio))
+    n_draw = int(np.ceil(negatives * easy_oversample))
+    easy_draws = rng.choice(w.n_items, (len(users), n_draw), p=neg_p)
+    hard_draws = np.zeros((len(users), n_draw if n_hard else 0), np.int64)
+    for k in range(w.n_clusters) if n_hard else ():
+        sel = np.flatnonzero(w.user_cluster[users] == k)
+        p = np.where(w.item_cluster == k, w.item_pop, 0.0)
+        hard_draws[sel] = rng.choice(w.n_items, (len(sel), n_draw), p=p / p.sum())
+    cols = (C.GROUP, C.USER, C.ITEM, C.LABEL, C.SOURCE, C.REQUEST, C.TS, C.LABEL_WEIGHT, C.SAMPLING_PROB,
+            C.POS_FREQ, C.KEEP_PROB, C.LASTN_ITEMS, "_u", "_i")
+    rows: dict[str, list] = {k: [] for k in cols}
+
+    def firsts(draws: np.ndarray, n: int, banned: set[int]) -> list[int]:
+        out: list[int] = []
+        for x in draws:
+            if len(out) == n:
+                break
+            if int(x) not in banned:
+                out.append(int(x))
+        return out
+
     for k, (u, i) in enumerate(zip(users, items, strict=True)):
         hist = w.history.setdefault(int(u), [])
-        last = [w.iid(x) for x in hist[::-1][:lastn]]
+        last = [w.iid(x) for x in dict.fromkeys(hist[::-1])][:lastn]
         ts = day0 + timedelta(seconds=int(secs[k]))
         g = f"{run_date.isoformat()}-{k}"
-        for j, (item, label, src) in enumerate([(i, 1, "positive")] + [(n, 0, "easy") for n in negs[k]]):
-            rows[C.GROUP].append(g)
-            rows[C.USER].append(w.uid(u))
-            rows[C.ITEM].append(w.iid(item))
-            rows[C.LABEL].append(label)
-            rows[C.SOURCE].append(src)
-            rows[C.TS].append(ts)
-            rows[C.LABEL_WEIGHT].append(1.0)
-            rows[C.SAMPLING_PROB].append(float(neg_p[item]))
-            rows[C.POS_FREQ].append(float(freq[item]))
-            rows[C.LASTN_ITEMS].append(last)
-            rows["_u"].append(u)
-            rows["_i"].append(item)
+        banned = day_items[int(u)]
+        hard = firsts(np.array(list(dict.fromkeys(hard_draws[k].tolist()))), n_hard, banned) if n_hard else []
+        easy = firsts(easy_draws[k], negatives - len(hard), banned)
+        group = [(i, 1, "positive", float(weights[k]))] + [(n, 0, "hard", 0.0) for n in hard] \
+            + [(n, 0, "easy", 0.0) for n in easy]
+        for item, label, src, lw in group:
+            for c, val in ((C.GROUP, g), (C.USER, w.uid(u)), (C.ITEM, w.iid(item)), (C.LABEL, label),
+                           (C.SOURCE, src), (C.REQUEST, f"r{g}"), (C.TS, ts), (C.LABEL_WEIGHT, lw),
+                           (C.SAMPLING_PROB, float(neg_p[item])), (C.POS_FREQ, float(freq[item])),
+                           (C.KEEP_PROB, 1.0), (C.LASTN_ITEMS, last), ("_u", u), ("_i", item)):
+                rows[c].append(val)
         hist.append(int(i))
     uu, ii = np.asarray(rows.pop("_u"), np.int64), np.asarray(rows.pop("_i"), np.int64)
-    t = pa.table({**{k: v for k, v in rows.items() if k != C.TS},
-                  C.TS: pa.array(rows[C.TS], pa.timestamp("us", tz="UTC")),
-                  C.LABEL: pa.array(rows[C.LABEL], pa.int32()),
-                  C.LASTN_ITEMS: pa.array(rows[C.LASTN_ITEMS], pa.list_(pa.string()))})
+    t = pa.table({c: pa.array(rows[c], typ) for c, typ in RECALL_SAMPLE_COLUMNS.items()})
     for k, v in _user_cols(w, uu).items():
         t = t.append_column(f"u_{k}", v)
     for k, v in _item_cols(w, ii).items():

@@ -10,6 +10,7 @@ model in ``DistributedDataParallel`` and uses ``join()`` for uneven numbers of b
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -27,7 +28,9 @@ from recsys_batch.features.spec import load_spec
 from recsys_batch.training.checkpoint import (
     CHECKPOINT, load_checkpoint, model_dir, previous_checkpoint, save_checkpoint, warm_start,
 )
-from recsys_batch.training.data import SampleStream, holdout_cutoff, list_units, make_loader, sample_files
+from recsys_batch.training.data import (
+    SampleStream, count_rows, holdout_cutoff, list_units, make_loader, require_loss_columns, sample_files,
+)
 from recsys_batch.training.features import TowerLayout, build_layout
 from recsys_batch.training.loss import batch_loss
 from recsys_batch.training.model import TwoTower, shape_from_layouts
@@ -78,8 +81,10 @@ def dist_info() -> tuple[int, int]:
 
 
 def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    # AdamW: decoupled weight decay (Loshchilov & Hutter 2019), which also shrinks rarely-updated id rows --
+    # Adam's L2 term is rescaled away by the per-parameter step size; weight_decay 0 = plain Adam.
     # fused: one kernel for all parameters (the per-tensor loop dominated small CPU steps)
-    return torch.optim.Adam(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay, fused=True)
+    return torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay, fused=True)
 
 
 def train(model: TwoTower, stream: SampleStream, tc: TrainConfig,
@@ -148,6 +153,13 @@ class _NullCtx:
         return None
 
 
+def fresh_epochs(train_rows: int, tc: TrainConfig, world: int = 1) -> int:
+    """Epochs of a run without a checkpoint: max(epochs, ceil(fresh_min_steps / steps per epoch)), steps per
+    epoch ~ ceil(train_rows / (batch_size x ranks)) (readers' remainders make it a little more)."""
+    per_epoch = max(math.ceil(train_rows / (tc.batch_size * world)), 1)
+    return max(tc.epochs, math.ceil((tc.fresh_min_steps or 0) / per_epoch))
+
+
 def layouts_for(spec: dict, columns: list[str], tc: TrainConfig) -> tuple[TowerLayout, TowerLayout]:
     user = build_layout(spec, "user", columns, tc.exclude_features, "samples", tc.max_lastn)
     item = build_layout(spec, "item", columns, tc.exclude_features, "samples", tc.max_lastn)
@@ -156,7 +168,7 @@ def layouts_for(spec: dict, columns: list[str], tc: TrainConfig) -> tuple[TowerL
 
 def build_model(spec: dict, columns: list[str], tc: TrainConfig) -> tuple[TwoTower, TowerLayout, TowerLayout]:
     user, item = layouts_for(spec, columns, tc)
-    return TwoTower(shape_from_layouts(user, item, tc)), user, item
+    return TwoTower(shape_from_layouts(user, item, tc), tc.id_dropout, tc.dropout), user, item
 
 
 def spec_for_samples(cfg: Config, run_date: date, manifest: dict) -> str:
@@ -215,6 +227,7 @@ def run_train(cfg: Config, run_date: date) -> TrainResult:
 
     fs, inner = resolve(files[0])
     columns = pq.read_schema(inner, filesystem=fs).names
+    require_loss_columns(columns, tc.loss, tc.logq_correction, files[0])
     seed_everything(tc.seed)
     model, user_layout, item_layout = build_model(spec, columns, tc)
     res_ws: dict = {}
@@ -227,6 +240,12 @@ def run_train(cfg: Config, run_date: date) -> TrainResult:
         log.warning("train %s: no earlier checkpoint under %s%s: starting fresh", run_date,
                     cfg.warehouse.root, "" if tc.warm_start else " (train.warm_start is false)")
     cutoff = holdout_cutoff(run_date, tc.holdout_hours)
+    if prev is None and tc.fresh_min_steps:
+        n = fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"), tc, world)
+        if n != tc.epochs:
+            log.info("train %s: no checkpoint to start from: %d epochs (train.fresh_min_steps %d) instead of %d",
+                     run_date, n, tc.fresh_min_steps, tc.epochs)
+            tc = tc.model_copy(update={"epochs": n})
     stream = SampleStream(files, user_layout, item_layout, tc.batch_size, tc.seed, rank, world, tc.shuffle_row_groups,
                           cutoff=cutoff, part="train" if cutoff else "all",
                           user_rows="all" if tc.loss == "bce" else "positives", units=list_units(files))
