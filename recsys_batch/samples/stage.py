@@ -229,10 +229,10 @@ def _write_samples(spark: SparkSession, cfg: Config, run_date: date, first: date
                             F.count(F.lit(1)).alias("n")).first()
             extra.update(users=int(r["u"]), positives=int(r["p"] or 0), negatives=int(r["n"] - (r["p"] or 0)))
         manifest = write_shards(written, wh, kind, run_date, sc, keys, rows=st.rows, extra=extra)
-        log.info("samples %s %s: %d rows in Delta (%s), %d shard files; rows per features dt %s, %d with the "
-                 "fallback snapshot", kind, run_date, st.rows,
-                 ", ".join(f"{k} {extra[k]:,}" for k in ("users", "positives", "negatives") if k in extra),
-                 len(manifest["files"]), counts["rows_by_features_dt"], counts["fallback_rows"])
+        split = ", ".join(f"{k} {extra[k]:,}" for k in ("users", "positives", "negatives") if k in extra)
+        log.info("samples %s %s: %s rows in Delta%s, %d shard files; rows per features dt %s, %s with the "
+                 "fallback snapshot", kind, run_date, f"{st.rows:,}", f" ({split})" if split else "",
+                 len(manifest["files"]), counts["rows_by_features_dt"], f"{counts['fallback_rows']:,}")
         stats.append(st)
         stats.append(TableStats(f"{table}_shards", run_date, manifest["rows"],
                                 f"{wh.root.rstrip('/')}/samples/{kind}/{Col.DT}={run_date.isoformat()}"))
