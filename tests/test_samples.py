@@ -365,3 +365,12 @@ def test_one_batch_import_trains_from_the_window(spark, make_cfg):
     rec = read_table(spark, wh, "samples_recall", D).collect()
     assert {r[Col.TS].date() for r in rec} == {D} and {r[FCol.FEATURES_DT] for r in rec} == {d1.isoformat()}
     assert {(r[Col.USER], r[Col.ITEM]) for r in rec if r[FCol.LABEL] == 1} == {("u1", "c"), ("u2", "a"), ("u2", "b")}
+
+
+def test_missing_events_name_the_ingest_command(spark, make_cfg):
+    cfg = make_cfg()
+    _write_features(spark, cfg.warehouse, D - timedelta(days=1), 1)
+    with pytest.raises(MissingUpstream) as err:
+        run_samples(spark, cfg, D)
+    assert err.value.table == "events" and err.value.latest is None
+    assert str(err.value).endswith("but events has no partition: build it with `recsys-batch ingest --date 2026-11-20`")

@@ -240,10 +240,3 @@ def _write_samples(spark: SparkSession, cfg: Config, run_date: date, first: date
                                 f"{wh.table_path(table)} (features_dt of rows without a snapshot before their day)"))
     return stats
 
-
-def feature_spec_for(cfg: Config, run_date: date) -> str:
-    """The feature spec that decodes the samples of D on a daily feed (fitted on the features of D - 1).
-
-    The stage writes the spec it actually used (that of the newest snapshot) into the shard manifest.
-    """
-    return spec_path(cfg.warehouse, run_date - timedelta(days=1))
