@@ -75,6 +75,7 @@ class FCol:
     POS_FREQ = "item_pos_freq"
     KEEP_PROB = "keep_prob"
     LASTN_ITEMS = "lastn_items"
+    FEATURES_DT = "features_dt"  # dt of the feature snapshot a sample row was joined with
     CLICK = "click"
     LIKE = "like"
     COLLECT = "collect"

@@ -348,9 +348,20 @@ class FeaturesConfig(_Model):
 
 
 class SamplesConfig(_Model):
-    """Recall (two-tower) and ranking samples of label day D, joined with features of D - 1."""
+    """Recall (two-tower) and ranking samples of the window [D - window + 1, D], each row joined with the
+    feature snapshot of the day before its event (see docs/features_and_samples.md)."""
 
     seed: int = 23
+    # ---- sample window and point in time
+    #: days of events ending at D that make the samples; null = auto: the days since the newest earlier
+    #: samples_recall partition (1 on a daily feed: every event is sampled once across the daily runs),
+    #: else max_window_days (a first day or a one-batch import trains on its history)
+    window_days: int | None = Field(None, ge=1)
+    max_window_days: int = Field(365, ge=1)
+    #: a row of event day E joins the newest feature snapshot dt <= E - 1; without any: "earliest" = the
+    #: earliest snapshot dt <= D (may count E's own and later events; counted, logged, features_dt),
+    #: "drop" = drop the row (strict point in time: a first day without older features fails)
+    features_fallback: Literal["earliest", "drop"] = "earliest"
     #: last-N positive items strictly before each sample's ts (sequence feature)
     lastn: int = Field(20, ge=1)
     # ---- recall samples

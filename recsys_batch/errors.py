@@ -37,6 +37,19 @@ class MissingInput(RecsysBatchError):
     """A required input (source path or upstream table partition) does not exist."""
 
 
+class MissingUpstream(MissingInput):
+    """An upstream table has no partition a stage can use: names the table, its latest partition and the
+    command that builds the one needed."""
+
+    def __init__(self, stage: str, run_date: str, table: str, needed: str, latest: str | None, command: str):
+        self.stage, self.run_date, self.table, self.needed, self.latest, self.command = (
+            stage, run_date, table, needed, latest, command)
+        super().__init__(
+            f"{stage} for {run_date} needs {table} {needed}, but {table} has "
+            f"{'no partition' if latest is None else f'latest partition dt={latest}'}: "
+            f"build it with `{command}`")
+
+
 class UpstreamIncomplete(RecsysBatchError):
     """A stage was asked to run before the stages it reads from succeeded for the date."""
 

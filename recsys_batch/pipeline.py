@@ -70,7 +70,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "samples", "recsys_batch.samples.stage:run_samples", upstream=("features",), prev_day=("matrix", "features"),
         outputs=("samples_recall", "samples_ranking"),
-        doc="recall (easy + hard negatives, logQ probabilities) and ranking samples of label day D with features of D-1",
+        doc="recall (easy + hard negatives, logQ probabilities) and ranking samples of the window ending at D, "
+            "each row with the features of the day before its event (samples.window_days)",
     ),
     Stage(
         "recall", "recsys_batch.recall.stage:run_recall", upstream=("matrix", "itemcf", "swing", "usercf"),

@@ -57,14 +57,19 @@ def output_rows(result: Any) -> dict[str, int]:
 
 
 def missing_upstream(name: str, wh: Any, run_date: date) -> list[str]:
-    """Upstream stages of ``name`` without a successful run for ``run_date``."""
-    from recsys_batch.runs import is_complete, latest_status
+    """Upstream stages of ``name`` without a successful run for ``run_date``, and ``prev_day`` stages
+    without one for D - 1 -- unless that stage never succeeded before D (the feed's first day, e.g. a
+    one-batch import: the stage then falls back as it documents, e.g. samples to the earliest features)."""
+    from recsys_batch.runs import SUCCESS, is_complete, latest_status
 
     status = latest_status(wh)
     stage = get_stage(name)
     prev = run_date - timedelta(days=1)
+    day = run_date.isoformat()
+    ran_before = {s for (s, d), rec in status.items() if d < day and rec["status"] == SUCCESS}
     return ([u for u in stage.upstream if not is_complete(wh, u, run_date, status)]
-            + [f"{u} (for {prev})" for u in stage.prev_day if not is_complete(wh, u, prev, status)])
+            + [f"{u} (for {prev})" for u in stage.prev_day
+               if u in ran_before and not is_complete(wh, u, prev, status)])
 
 
 def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None, *, check_upstream: bool = True,

@@ -181,20 +181,20 @@ def samples_recall_schema(fc) -> T.StructType:  # noqa: ANN001
         _f(FCol.GROUP, S, False), _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(FCol.LABEL, I, False),
         _f(FCol.SOURCE, S, False), _f(Col.REQUEST, S), _f(Col.TS, TS, False), _f(FCol.LABEL_WEIGHT, D, False),
         _f(FCol.SAMPLING_PROB, D, False), _f(FCol.POS_FREQ, D, False), _f(FCol.KEEP_PROB, D, False),
-        _f(FCol.LASTN_ITEMS, T.ArrayType(S, False), False),
+        _f(FCol.LASTN_ITEMS, T.ArrayType(S, False), False), _f(FCol.FEATURES_DT, S, False),
         *_prefixed(user_features_schema(fc), Col.USER, USER_PREFIX),
         *_prefixed(item_features_schema(fc), Col.ITEM, ITEM_PREFIX),
     ])
 
 
 def samples_ranking_schema(fc) -> T.StructType:  # noqa: ANN001
-    """One row per kept impression of the label day."""
+    """One row per kept impression of the sample window."""
     return T.StructType([
         _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(Col.REQUEST, S), _f(Col.POSITION, I),
         _f(Col.TS, TS, False),
         *[_f(c, I, False) for c in (FCol.CLICK, FCol.LIKE, FCol.COLLECT, FCol.SHARE, FCol.COMMENT)],
         _f(Col.WATCH, D, False), _f(FCol.NEG_KEEP_RATE, D, False), _f(FCol.SAMPLE_WEIGHT, D, False),
-        _f(FCol.LASTN_ITEMS, T.ArrayType(S, False), False),
+        _f(FCol.LASTN_ITEMS, T.ArrayType(S, False), False), _f(FCol.FEATURES_DT, S, False),
         *_prefixed(user_features_schema(fc), Col.USER, USER_PREFIX),
         *_prefixed(item_features_schema(fc), Col.ITEM, ITEM_PREFIX),
     ])

@@ -73,3 +73,26 @@ def test_backfill_skips_complete_dates_and_force_reruns_identically(spark, make_
     args = ["status", "--set", f"warehouse.root={cfg.warehouse.root}"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0 and "2026-11-20" in out.output and "success" in out.output
+
+
+def test_prev_day_check_waits_for_yesterday_only_once_the_feed_has_history(make_cfg):
+    """samples needs matrix/features of D - 1 -- unless they never succeeded before D (a first day or a
+    one-batch import, where samples falls back to the earliest features by design)."""
+    from datetime import datetime, timedelta, timezone
+
+    from recsys_batch.runner import missing_upstream
+    from recsys_batch.runs import RunRecord, append_run
+
+    cfg = make_cfg()
+    t = datetime(2026, 11, 21, tzinfo=timezone.utc)
+
+    def ok(stage: str, d: date) -> None:
+        append_run(cfg.warehouse, RunRecord(stage, d, t, t, SUCCESS, "h"))
+
+    for stage in ("ingest", "matrix", "features"):
+        ok(stage, D2)
+    assert missing_upstream("samples", cfg.warehouse, D2) == []  # first day: nothing before D2 ever ran
+    ok("features", D2 - timedelta(days=2))  # the feed has history: yesterday's runs are required again
+    assert missing_upstream("samples", cfg.warehouse, D2) == ["features (for 2026-11-19)"]
+    ok("features", D1)
+    assert missing_upstream("samples", cfg.warehouse, D2) == []

@@ -17,16 +17,18 @@ from pyspark.sql import types as T
 from scipy import stats
 
 from recsys_batch.config import EventsConfig, FeaturesConfig, SamplesConfig
-from recsys_batch.errors import MissingInput
+from recsys_batch.errors import MissingInput, MissingUpstream, RecsysBatchError
 from recsys_batch.io.tables import read_table, replace_partition
-from recsys_batch.samples.common import label_day_events
+from recsys_batch.samples.common import EXACT, FALLBACK, NONE, STALE, Snapshot, label_day_events, snapshot_plan
 from recsys_batch.samples.negatives import (
     alias_table, build_alias_frame, downsample_hot_positives, draw_items, hot_item_keep_prob, sampling_distribution,
 )
 from recsys_batch.samples.ranking import build_ranking_samples, calibrate, downsampled_prob
 from recsys_batch.samples.recall import build_recall_samples
 from recsys_batch.samples.shards import shard_dir, write_shards
-from recsys_batch.samples.stage import run_samples
+from recsys_batch.samples.stage import run_samples, sample_window
+from recsys_batch.training.data import holdout_cutoff
+from recsys_batch.training.evaluate import holdout_set
 from recsys_batch.schemas import (
     EVENTS, RANK_LOGS, USER_LASTN, Col, FCol, item_features_schema, user_features_schema,
 )
@@ -202,13 +204,12 @@ def test_samples_point_in_time_lastn_and_shards(spark, make_cfg):
     ], EVENTS)
     replace_partition(events, wh, "events", D, count=False)
 
-    with pytest.raises(MissingInput, match="user_features of dt=2026-11-18"):
-        run_samples(spark, cfg, prev)
     run_samples(spark, cfg, D)
 
     rec = read_table(spark, wh, "samples_recall", D).collect()
     rank = read_table(spark, wh, "samples_ranking", D).collect()
     assert {r["u_clicks_1d"] for r in rec + rank} == {5}  # features of D - 1, never of the label day
+    assert {r[FCol.FEATURES_DT] for r in rec + rank} == {prev.isoformat()}
     assert {r["i_clicks_7d"] for r in rec + rank} == {5}
     lastn = {(r[Col.ITEM], r[FCol.LABEL]): r[FCol.LASTN_ITEMS] for r in rec if r[FCol.LABEL] == 1}
     assert lastn == {("a", 1): ["old1"], ("b", 1): ["a", "old1"]}  # strictly before the event, label excluded
@@ -224,6 +225,7 @@ def test_samples_point_in_time_lastn_and_shards(spark, make_cfg):
     assert len(names) == math.ceil(len(rec) / 3) and manifest["rows"] == len(rec)
     assert sum(pq.read_metadata(folder / n).num_rows for n in names) == len(rec)
     assert manifest["feature_spec"].endswith("features/dt=2026-11-19/feature_spec.json")
+    assert manifest["fallback_rows"] == 0 and manifest["rows_by_features_dt"] == {prev.isoformat(): len(rec)}
     before = [pq.read_table(folder / n).column(Col.ITEM).to_pylist() for n in names]
     # re-run: the folder is replaced, same files, same shuffled order
     write_shards(read_table(spark, wh, "samples_recall", D).drop(Col.DT), wh, "recall", D, cfg.samples,
@@ -231,3 +233,144 @@ def test_samples_point_in_time_lastn_and_shards(spark, make_cfg):
     assert sorted(p.name for p in folder.glob("part-*.parquet")) == names
     assert [pq.read_table(folder / n).column(Col.ITEM).to_pylist() for n in names] == before
     assert not list(folder.parent.glob("_staging*"))
+
+
+# ---- the sample window: a one-batch import / first day trains, point in time per event day -----------------
+
+
+def test_sample_window_and_snapshot_plan():
+    d = D
+    auto = SamplesConfig(max_window_days=30)
+    assert sample_window(auto, d, [], [d]) == d - timedelta(days=29)            # import: all it may read
+    assert sample_window(auto, d, ["2026-11-19", "2026-11-20"], [d]) == d        # daily feed: one day
+    assert sample_window(auto, d, ["2026-11-16", "2026-11-21"], []) == d - timedelta(days=3)  # catch up a gap
+    assert sample_window(auto, d, ["2026-01-01"], []) == d - timedelta(days=29)  # capped
+    # first day of samples on a feed with features since 11-17: only days with a snapshot before them
+    assert sample_window(auto, d, [], [date(2026, 11, 17), d]) == date(2026, 11, 18)
+    assert sample_window(SamplesConfig(window_days=7), d, ["2026-11-19"], [d]) == d - timedelta(days=6)
+    days = [d - timedelta(days=k) for k in (3, 2, 1, 0)]                             # 11-17 .. 11-20
+    one = [d]                                                                          # a one-batch import
+    assert snapshot_plan(days, one, "earliest") == {e: Snapshot(d, FALLBACK) for e in days}
+    assert snapshot_plan(days, one, "drop") == {e: Snapshot(None, NONE) for e in days}
+    feed = [d - timedelta(days=3), d - timedelta(days=1), d]                          # 11-17, 11-19, 11-20
+    assert snapshot_plan(days, feed, "earliest") == {
+        days[0]: Snapshot(feed[0], FALLBACK),  # 11-17 itself: its own day, the earliest there is
+        days[1]: Snapshot(feed[0], EXACT),     # 11-18 -> 11-17
+        days[2]: Snapshot(feed[0], STALE),     # 11-19 -> 11-17 (11-18 is missing: older, never newer)
+        days[3]: Snapshot(feed[1], EXACT),     # 11-20 -> 11-19, never 11-20
+    }
+    assert snapshot_plan(days, feed, "drop")[days[0]] == Snapshot(None, NONE)
+
+
+def _write_features(spark, wh, d: date, clicks: int) -> None:
+    fc = FeaturesConfig()
+    replace_partition(_feature_df(spark, user_features_schema(fc), [{Col.USER: u, "clicks_1d": clicks}
+                                                                     for u in ("u1", "u2")]),
+                      wh, "user_features", d, count=False)
+    replace_partition(_feature_df(spark, item_features_schema(fc), [{Col.ITEM: i, "clicks_7d": clicks}
+                                                                     for i in "abcxyz"]),
+                      wh, "item_features", d, count=False)
+
+
+def test_one_batch_import_trains_from_the_window(spark, make_cfg):
+    """Three days of events in ONE batch (dt = D), features of D only: every day's positives become samples
+    with the fallback snapshot (counted), last-N spans the days strictly before each ts, the negatives never
+    hit an item the user touched on any window day, and the publish gate's holdout is the newest hours of D."""
+    cfg_args = ("samples.hard_negative_ratio=0.0", "samples.negatives_per_positive=2", "samples.easy_oversample=8",
+                "samples.hot_item_share_threshold=null", "samples.negative_keep_rate=1.0", "train.holdout_hours=4")
+    cfg = make_cfg(*cfg_args)
+    wh = cfg.warehouse
+    d1, d2 = D - timedelta(days=1), D - timedelta(days=2)
+    events = spark.createDataFrame([
+        ev("u1", "a", "impression", at(9, 59, d2)), ev("u1", "a", "click", at(10, 0, d2)),
+        ev("u1", "x", "impression", at(9, 0, d1)),                                      # shown, never clicked
+        ev("u1", "b", "impression", at(9, 0, d1)), ev("u1", "b", "click", at(9, 1, d1)),
+        ev("u1", "c", "impression", at(22, 0)), ev("u1", "c", "like", at(22, 1)),          # held out (>= 20:00)
+        ev("u2", "a", "impression", at(8, 0)), ev("u2", "a", "click", at(8, 1)),
+        ev("u2", "b", "impression", at(21, 0)), ev("u2", "b", "click", at(21, 1)),          # held out
+        ev("u2", "z", "click", at(0, 0, D + timedelta(days=1))),                           # after D: never
+    ], EVENTS)
+    replace_partition(events, wh, "events", D, count=False)
+
+    with pytest.raises(MissingUpstream) as err:  # no features at all
+        run_samples(spark, cfg, D)
+    assert isinstance(err.value, RecsysBatchError) and isinstance(err.value, MissingInput)
+    assert str(err.value) == (
+        "samples for 2026-11-20 needs user_features with a partition dt <= 2026-11-20 (point in time: dt = each "
+        "event's day - 1), but user_features has no partition: build it with "
+        "`recsys-batch features --date 2026-11-19`")
+    _write_features(spark, wh, D + timedelta(days=1), 7)  # a snapshot after D is never read
+    with pytest.raises(MissingUpstream, match="user_features has latest partition dt=2026-11-21: build it with "
+                                              "`recsys-batch features --date 2026-11-19`"):
+        run_samples(spark, cfg, D)
+
+    _write_features(spark, wh, D, 99)  # the import's only snapshot
+    stats = {s.table: s.rows for s in run_samples(spark, cfg, D)}
+    rec = read_table(spark, wh, "samples_recall", D).collect()
+    pos = {(r[Col.USER], r[Col.ITEM]): r for r in rec if r[FCol.LABEL] == 1}
+    assert set(pos) == {("u1", "a"), ("u1", "b"), ("u1", "c"), ("u2", "a"), ("u2", "b")}
+    assert pos[("u1", "c")][FCol.LABEL_WEIGHT] == W["like"]
+    assert {k: p[FCol.LASTN_ITEMS] for k, p in pos.items()} == {
+        ("u1", "a"): [], ("u1", "b"): ["a"], ("u1", "c"): ["b", "a"], ("u2", "a"): [], ("u2", "b"): ["a"]}
+    assert {k: p[FCol.POS_FREQ] for k, p in pos.items()} == pytest.approx(
+        {("u1", "a"): 0.4, ("u1", "b"): 0.4, ("u1", "c"): 0.2, ("u2", "a"): 0.4, ("u2", "b"): 0.4})
+    negs = [r for r in rec if r[FCol.LABEL] == 0]
+    touched = {"u1": {"a", "b", "c", "x"}, "u2": {"a", "b"}}  # any window day; u2's z is after D
+    assert negs and all(r[Col.ITEM] not in touched[r[Col.USER]] for r in negs)
+    assert all(r[FCol.SAMPLING_PROB] == pytest.approx(1 / 6) for r in negs)  # 6 items, clicks_7d = 99 each
+    assert {r[FCol.FEATURES_DT] for r in rec} == {D.isoformat()} and {r["u_clicks_1d"] for r in rec} == {99}
+    assert stats["samples_recall_features_fallback"] == len(rec)  # all of them: D is every row's own day or later
+    rank = read_table(spark, wh, "samples_ranking", D).collect()
+    assert {(r[Col.USER], r[Col.ITEM]): r[FCol.CLICK] for r in rank} == {
+        ("u1", "a"): 1, ("u1", "x"): 0, ("u1", "b"): 1, ("u1", "c"): 1, ("u2", "a"): 1, ("u2", "b"): 1}
+    assert stats["samples_ranking_features_fallback"] == len(rank) == 6
+    manifest = json.loads((Path(shard_dir(wh, "recall", D)) / "_manifest.json").read_text())
+    assert manifest["feature_spec"].endswith("features/dt=2026-11-20/feature_spec.json")
+    assert (manifest["users"], manifest["positives"], manifest["negatives"]) == (2, 5, len(negs))
+    assert manifest["window"]["last"] == D.isoformat() and manifest["fallback_rows"] == len(rec)
+
+    # the gate's holdout is the newest hours of D; every other window day is before the training cut
+    cut = holdout_cutoff(D, cfg.train.holdout_hours).astimezone(timezone.utc).replace(tzinfo=None)  # rows: naive UTC
+    held = {(r[Col.USER], r[Col.ITEM]) for r in rec if r[Col.TS] >= cut}
+    assert held == {("u1", "c"), ("u2", "b")} | {(r[Col.USER], r[Col.ITEM]) for r in negs if r[Col.TS] >= cut}
+    states, truth = holdout_set(cfg, D)
+    assert truth == {"u1": {"c"}, "u2": {"b"}}
+    assert dict(zip(states.column(Col.USER).to_pylist(), states.column(FCol.LASTN_ITEMS).to_pylist(),
+                    strict=True)) == {"u1": ["b", "a"], "u2": ["a"]}
+
+    # strict point in time: no snapshot before any event day -> the error names the command
+    strict = make_cfg("samples.hard_negative_ratio=0.0", "samples.hot_item_share_threshold=null",
+                      "samples.features_fallback=drop")
+    with pytest.raises(MissingUpstream, match="`recsys-batch features --date 2026-11-17`"):
+        run_samples(spark, strict, D)
+
+    # features of D - 1 arrive: the auto window keeps to the days with a snapshot before them (D only);
+    # a fixed 3-day window also takes the earlier days, which fall back to the earliest snapshot, D - 1
+    _write_features(spark, wh, d1, 5)
+    run_samples(spark, cfg, D)
+    rec = read_table(spark, wh, "samples_recall", D).collect()
+    assert {r[Col.TS].date() for r in rec} == {D} and {r[FCol.FEATURES_DT] for r in rec} == {d1.isoformat()}
+    assert {k: r[FCol.LASTN_ITEMS] for r in rec if r[FCol.LABEL] == 1 for k in [(r[Col.USER], r[Col.ITEM])]} == {
+        ("u1", "c"): [], ("u2", "a"): [], ("u2", "b"): ["a"]}  # no user_lastn table: only the window's own
+    run_samples(spark, make_cfg(*cfg_args, "samples.window_days=3"), D)
+    rec = read_table(spark, wh, "samples_recall", D).collect()
+    by_day = {r[Col.TS].date(): (r[FCol.FEATURES_DT], r["u_clicks_1d"]) for r in rec}
+    assert by_day == {d2: (d1.isoformat(), 5), d1: (d1.isoformat(), 5), D: (d1.isoformat(), 5)}
+    manifest = json.loads((Path(shard_dir(wh, "recall", D)) / "_manifest.json").read_text())
+    assert manifest["fallback_rows"] == sum(1 for r in rec if r[Col.TS].date() < D)
+    assert manifest["feature_spec"].endswith("features/dt=2026-11-19/feature_spec.json")
+
+    # strict: rows without a snapshot before their day are dropped
+    run_samples(spark, make_cfg(*cfg_args, "samples.window_days=3", "samples.features_fallback=drop"), D)
+    rec = read_table(spark, wh, "samples_recall", D).collect()
+    assert {r[Col.TS].date() for r in rec} == {D} and {r[FCol.FEATURES_DT] for r in rec} == {d1.isoformat()}
+    assert {(r[Col.USER], r[Col.ITEM]) for r in rec if r[FCol.LABEL] == 1} == {("u1", "c"), ("u2", "a"), ("u2", "b")}
+
+
+def test_missing_events_name_the_ingest_command(spark, make_cfg):
+    cfg = make_cfg()
+    _write_features(spark, cfg.warehouse, D - timedelta(days=1), 1)
+    with pytest.raises(MissingUpstream) as err:
+        run_samples(spark, cfg, D)
+    assert err.value.table == "events" and err.value.latest is None
+    assert str(err.value).endswith("but events has no partition: build it with `recsys-batch ingest --date 2026-11-20`")

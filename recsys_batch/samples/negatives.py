@@ -43,7 +43,7 @@ def hash_uniform(seed: int, *cols: Column | str) -> Column:
 
 
 def hot_item_keep_prob(share: Column, threshold: float | None) -> Column:
-    """word2vec subsampling: keep = min(1, (sqrt(f / t) + 1) * t / f), f = item's share of the day's positives.
+    """word2vec subsampling: keep = min(1, (sqrt(f / t) + 1) * t / f), f = item's share of the window's positives.
 
     Drop probability 1 - keep grows with f: f <= t keeps everything; f = 100 t keeps 11%.
     """
@@ -131,7 +131,7 @@ def easy_negatives(groups: DataFrame, need_col: str, alias: DataFrame, n_items: 
     """Up to ``need_col`` easy negatives per group (``group_id, user_id``), never an item of ``exclude``.
 
     Draws ceil(max_need * oversample) candidates per group, drops those in the user's ``exclude`` set
-    (user_id, item_id: every item the user saw or acted on that day), keeps the first ``need`` by draw
+    (user_id, item_id: every item the user saw or acted on in the sample window), keeps the first ``need`` by draw
     number. A group whose draws are mostly excluded gets fewer negatives (dropped, not resampled: the
     shortfall is rare with oversampling and resampling would bias q).
     """

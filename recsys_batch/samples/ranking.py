@@ -1,8 +1,10 @@
-"""Ranking samples of label day D: the day's impressions with their labels, negatives down-sampled.
+"""Ranking samples of the sample window [F, D]: its impressions with their labels, negatives down-sampled.
 
-One row per impression key (user_id, item_id, request_id): ts / position of the first impression;
-labels click / like / collect / share / comment = 1 if such an event of the user on the item (same
-request) exists that day (``click`` = any click-or-stronger event), watch_time_s = the longest watch
+One row per impression key (user_id, item_id, request_id) of the window: ts / position of the first
+impression (whose day picks the feature snapshot); labels click / like / collect / share / comment = 1
+if such an event of the user on the item (same request) exists in the window (``click`` = any
+click-or-stronger event; a click on a later window day than its impression counts, as one on a day
+after the window does not), watch_time_s = the longest watch
 (0 without). Rows with click = 0 are kept with probability alpha = ``samples.negative_keep_rate``
 (seeded hash, deterministic); every row stores ``neg_keep_rate`` = alpha and ``sample_weight`` = 1
 (clicked) or 1 / alpha (negative) for an unbiased weighted loss.
@@ -40,7 +42,7 @@ def _flag(cond: Column) -> Column:
 
 
 def build_ranking_samples(day: DataFrame, sc: SamplesConfig) -> DataFrame:
-    """Labelled, down-sampled impressions of the label day (without last-N and features)."""
+    """Labelled, down-sampled impressions of the window (without last-N and features)."""
     keyed = day.withColumn(_RK, F.coalesce(F.col(Col.REQUEST), F.lit("")))
     keys = [Col.USER, Col.ITEM, _RK]
     imps = keyed.where(F.col(Col.EVENT) == "impression").groupBy(*keys).agg(
