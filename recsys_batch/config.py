@@ -216,9 +216,6 @@ class RecallConfig(_Model):
     top_n: int = Field(200, ge=1)
     #: item-based channels (ItemCF, Swing) score from the user's last N matrix items
     lastn_items: int = Field(20, ge=1)
-    #: item-based seed weight r(u, i): ``matrix`` = the matrix score (event weights, decayed with
-    #: matrix.half_life_days); ``presence`` = 1 for every seed (only the last-N order picks seeds)
-    seed_weight: Literal["matrix", "presence"] = "matrix"
     #: user-based channel: each neighbour contributes its most recent N items
     neighbor_recent_items: int = Field(50, ge=1)
     #: user-based channel: a neighbour's item counts 0.5 ** (age_days(last_ts) / this); ``null`` = presence,

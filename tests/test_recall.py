@@ -67,12 +67,6 @@ def test_item_based_scores_seen_topn_and_ties(spark, matrix):
     check(item_based_recall(matrix, sim, cfg), expected)
     only_u3 = item_based_recall(matrix, sim, cfg, users=spark.createDataFrame([("u3",)], "user_id string"))
     check(only_u3, recall_df(spark, [("u3", "a", 0.3, 1), ("u3", "e", 0.3, 2)]))
-    # presence seeds: every seed weighs 1 -- u1: d = 0.2 + 0.3, e = 0.6 (e now first); u3: d weighs 1 not 3
-    presence = cfg.model_copy(update={"seed_weight": "presence"})
-    check(item_based_recall(matrix, sim, presence), recall_df(spark, [
-        ("u1", "e", 0.6, 1), ("u1", "d", 0.5, 2), ("u2", "b", 0.5, 1), ("u2", "c", 0.4, 2),
-        ("u3", "a", 0.1, 1), ("u3", "e", 0.1, 2),
-    ]))
 
 
 USER_SIMS = [
