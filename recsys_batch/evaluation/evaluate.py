@@ -197,6 +197,7 @@ def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks:
             train_users=matrix.select(Col.USER).distinct().count(),
             catalog_items=matrix.select(Col.ITEM).distinct().count(), mode=PUBLISHED, source=source,
             extra={"test_items": test.count(), "test_users_in_matrix": in_matrix},
+            skipped=None if n_test_users else f"{source}: no truth pair outside the users' matrix of {run_date}",
         )
     finally:
         test.unpersist()
