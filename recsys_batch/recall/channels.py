@@ -6,9 +6,9 @@ matrix. "Has" means a (user, item) row of the (capped) ``user_item_matrix``: a h
 ``matrix.max_items_per_user`` are not excluded.
 
 Decay is per channel (:class:`recsys_batch.config.RecallConfig`): item-based seeds use the matrix score
-(only its within-user ratios matter), UserCF weighs a neighbour's item by presence (or its own half-life), popular counts events
-over its own window (or decays them with its own half-life). The matrix half-life is never reused where it
-would make another user's history, or a quiet week, weigh nothing.
+(only its within-user ratios matter), UserCF weighs a neighbour's item by presence (or its own half-life),
+popular counts events over its own window (or decays them with its own half-life). The matrix half-life
+is never reused where it would make another user's history, or a quiet week, weigh nothing.
 """
 
 from __future__ import annotations
