@@ -75,8 +75,9 @@ def render_result(title: str, result: Any) -> None:
     if not rows:
         return
     first = rows[0]
-    if hasattr(first, "columns") and hasattr(first, "split"):  # evaluation result
-        render_metrics(first, title)
+    if hasattr(first, "columns") and hasattr(first, "split"):  # evaluation results, one per mode
+        for r in rows:
+            render_metrics(r, title)
     elif hasattr(first, "n_rejected"):  # ingest reports
         t = Table(title=title)
         for c in ("table", "source", "rows", "valid", "rejected", "reasons"):
@@ -103,15 +104,31 @@ NoCheckOpt = Annotated[bool, typer.Option("--no-check", help="run even if upstre
 
 
 def render_metrics(res: Any, title: str = "") -> None:
-    """Channels as rows, metrics as columns (the evaluation report)."""
-    t = Table(title=f"{title} split={res.split} train<= {res.train_date} test users={res.test_users:,} "
-                    f"catalog={res.catalog_items:,}")
-    cols = [c for c in res.columns if not c.startswith(("hit_rate", "novelty"))]  # all of them are in the JSON
+    """Channels as rows, metrics as columns (one evaluation mode); ``lists`` = test users with a list / test users."""
+    mode = getattr(res, "mode", "rebuild")
+    if getattr(res, "skipped", None):
+        console.print(f"[yellow]{title} {mode}: skipped: {res.skipped}[/yellow]")
+        return
+    if mode == "published":
+        known = res.extra.get("test_users_in_matrix")
+        head = (f"{title} published lists of {res.train_date} vs {res.source}: test users={res.test_users:,}"
+                + (f" ({known:,} in the matrix)" if known is not None else ""))
+    else:
+        head = f"{title} rebuild split={res.split} train<= {res.train_date} test users={res.test_users:,}"
+    t = Table(title=f"{head} catalog={res.catalog_items:,}")
+    # all of them are in the JSON; users_with_list / users is shown as one "lists" column
+    cols = [c for c in res.columns if not c.startswith(("hit_rate", "novelty", "users", "user_coverage"))]
+    cols.insert(1, "lists")
     for c in cols:
         t.add_column(c, justify="left" if c == "channel" else "right")
     for r in res.rows:
-        t.add_row(*[f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols])
+        lists = f"{r.get('users_with_list', 0):,}/{r.get('users', 0):,}"
+        t.add_row(*[lists if c == "lists" else f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
+                    for c in cols])
     console.print(t)
+    missing = res.extra.get("channels_without_lists")
+    if missing:
+        console.print(f"not evaluated: {', '.join(missing)}")
     if res.path:
         console.print(f"report: {res.path}")
 
@@ -477,8 +494,9 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     console.print(summary)
 
     for name, result in results.items():
-        if hasattr(result, "columns") and hasattr(result, "split"):
-            render_metrics(result, title=f"{name} {end}")
+        for r in result if isinstance(result, list) else [result]:
+            if hasattr(r, "columns") and hasattr(r, "split"):
+                render_metrics(r, title=f"{name} {end}")
     if "publish" in results:
         render_release(cfg)
     tt = Table(title="steps")

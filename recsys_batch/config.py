@@ -206,31 +206,51 @@ class UserCFConfig(PairCapConfig):
 
 
 class RecallConfig(_Model):
-    """Recall lists per channel: top ``top_n`` items per user, excluding items the user has."""
+    """Recall lists per channel: top ``top_n`` items per user, excluding items the user has.
+
+    Each channel decays on its own clock, not the matrix's (README "Similarity and recall"): the matrix
+    half-life is tuned for "what is this user into now", which is right for ranking seeds but wrong for
+    weighting other users' items or the popularity of a sparse day.
+    """
 
     top_n: int = Field(200, ge=1)
-    #: item-based channels score from the user's last N items (user_lastn)
+    #: item-based channels (ItemCF, Swing) score from the user's last N matrix items
     lastn_items: int = Field(20, ge=1)
     #: user-based channel: each neighbour contributes its most recent N items
     neighbor_recent_items: int = Field(50, ge=1)
-    #: popular channel: time-decayed popularity over this window
-    popular_lookback_days: int = Field(7, ge=1)
-    popular_half_life_days: float = Field(2.0, gt=0)
+    #: user-based channel: a neighbour's item counts 0.5 ** (age_days(last_ts) / this); ``null`` = presence,
+    #: r(v, i) = 1 (a neighbour's taste does not expire with the matrix's 7-day half-life)
+    usercf_half_life_days: float | None = Field(None, gt=0)
+    #: popular channel: weighted event counts over this window (``null`` = matrix.lookback_days) ...
+    popular_lookback_days: int | None = Field(None, ge=1)
+    #: ... decayed with this half-life (``null`` = plain counts, no decay)
+    popular_half_life_days: float | None = Field(None, gt=0)
     #: popular channel: the global list is top_n + this many items; a user who has seen more than this
     #: many of them gets fewer than top_n. Costs only the (broadcast) list length, not rows per user.
     popular_margin_items: int = Field(500, ge=0)
-    #: users to build recall lists for: those active within this many days of the run date
-    active_days: int = Field(30, ge=1)
+    #: users to build recall lists for: ``null`` = every user of the matrix (its lookback window);
+    #: N = only those with a positive event within N days of the run date
+    active_days: int | None = Field(None, ge=1)
 
 
 class EvaluateConfig(_Model):
+    """``published``: the ``recall_<channel>`` tables of D against what users did after D (truth_days of
+    events, or ``truth_path``); ``rebuild``: the channels rebuilt on a split of D's window; ``both``."""
+
+    mode: Literal["published", "rebuild", "both"] = "both"
     split: Literal["user_chrono", "time"] = "user_chrono"
     #: user_chrono: share of each user's newest positive interactions held out
     holdout_ratio: float = Field(0.2, gt=0.0, lt=1.0)
     #: time: events in the last N days are held out
     holdout_days: int = Field(1, ge=1)
     ks: list[int] = Field(default_factory=lambda: [20, 50, 100])
+    #: rebuild mode: the channels rebuilt (published mode scores every recall_<channel> table of D)
     channels: list[str] = Field(default_factory=lambda: ["itemcf", "swing", "usercf", "popular"])
+    #: published mode: truth = positive events with ts in the N days after D (events dt D+1 .. D+N)
+    truth_days: int = Field(1, ge=1)
+    #: published mode: an explicit truth table instead (Parquet folder with user_id, item_id[, ts]; may hold
+    #: {date} = D): every row is truth, whatever its ts
+    truth_path: str | None = None
 
 
 class GenerateConfig(_Model):
@@ -451,7 +471,8 @@ class TrainConfig(_Model):
     torch_threads: int | None = Field(1, ge=1)
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True
-    #: user embeddings are exported for users active within this many days (recall.active_days if null)
+    #: user embeddings are exported for users active within this many days (recall.active_days if null;
+    #: both null = every user of user_activity)
     active_days: int | None = Field(None, ge=1)
 
 

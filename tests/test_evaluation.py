@@ -1,5 +1,6 @@
 """Evaluator: metrics on hand-computed lists, both splits on a tiny log (exact membership), coverage and
-novelty, and run_evaluate end to end on a small synthetic log (ItemCF must beat popular)."""
+novelty, the published mode (truth after D, list coverage per channel) on a tiny literal case and end to end,
+and run_evaluate's rebuild mode on a small synthetic log (ItemCF must beat popular)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pyspark.sql import functions as F
 
 from recsys_batch.config import GenerateConfig
 from recsys_batch.evaluation import coverage_novelty, per_user_metrics, ranking_metrics, split_time, split_user_chrono
-from recsys_batch.schemas import EVENTS, Col
+from recsys_batch.evaluation.evaluate import evaluate_published, run_evaluate, truth_from_events
+from recsys_batch.io.tables import replace_partition
+from recsys_batch.schemas import EVENTS, RECALL, USER_ITEM_MATRIX, Col
 
 D = date(2026, 11, 20)
 W = {"impression": 0.0, "click": 1.0, "like": 2.0, "collect": 3.0, "share": 4.0, "comment": 3.0}
@@ -45,7 +48,7 @@ def test_ranking_metrics_hand_computed(spark):
     assert a.n_test == 2 and a.recall_2 == 0.5 and a.recall_4 == 1.0 and a.hit_2 == 1.0
     assert math.isclose(a.ndcg_2, (1 / L2(3)) / (1 + 1 / L2(3)))
     assert math.isclose(a.ndcg_4, (1 / L2(3) + 1 / L2(5)) / (1 + 1 / L2(3)))
-    assert a.mrr == 0.5
+    assert a.mrr == 0.5 and a.has_list == 1.0 and pu[("x", "C")].has_list == 0.0
     for key in (("x", "B"), ("x", "C"), ("none", "A")):
         r = pu[key]
         assert (r.recall_2, r.recall_4, r.hit_4, r.ndcg_4, r.mrr) == (0, 0, 0, 0, 0)
@@ -53,11 +56,11 @@ def test_ranking_metrics_hand_computed(spark):
 
     agg = {r.channel: r for r in ranking_metrics(recs, test, ks, ["x", "none"]).collect()}
     x = agg["x"]
-    assert x.users == 3
+    assert x.users == 3 and x.users_with_list == 2 and math.isclose(x.user_coverage, 2 / 3)
     assert math.isclose(x.recall_2, 0.5 / 3) and math.isclose(x.recall_4, 1 / 3)
     assert math.isclose(x.hit_2, 1 / 3) and math.isclose(x.mrr, 0.5 / 3)
     assert math.isclose(x.ndcg_2, (1 / L2(3)) / (1 + 1 / L2(3)) / 3)
-    assert agg["none"].users == 3 and agg["none"].recall_4 == 0.0
+    assert agg["none"].users == 3 and agg["none"].recall_4 == 0.0 and agg["none"].users_with_list == 0
 
 
 def test_coverage_and_novelty(spark):
@@ -112,12 +115,103 @@ def test_time_split(spark, tiny_events):
     assert s.train_date == D - timedelta(days=1)
 
 
+# ---- published mode: D's matrix, the lists published for D, what users did after D
+
+def published_inputs(spark):
+    ts = at(D, 1)
+    matrix = spark.createDataFrame([("u1", "a", 1.0, 1, ts), ("u1", "b", 1.0, 1, ts), ("u2", "a", 1.0, 1, ts),
+                                    ("u3", "c", 1.0, 1, ts)], USER_ITEM_MATRIX)   # u4 is not in the matrix
+    itemcf = spark.createDataFrame([("u1", "d", 0.9, 1), ("u1", "x", 0.5, 2),
+                                    ("u2", "y", 0.9, 1), ("u2", "d", 0.5, 2)], RECALL)  # no list for u3
+    popular = spark.createDataFrame([("u1", "x", 9.0, 1), ("u1", "d", 8.0, 2), ("u2", "d", 8.0, 1), ("u2", "x", 7.0, 2),
+                                     ("u3", "a", 9.5, 1), ("u3", "x", 9.0, 2)], RECALL)
+    return matrix, itemcf, popular
+
+
+#: truth after D; ("u1", "a") is in u1's matrix: not truth. Test items: u1 {d, e}, u2 {d}, u3 {a}, u4 {d}
+TRUTH = [("u1", "a"), ("u1", "d"), ("u1", "e"), ("u2", "d"), ("u3", "a"), ("u4", "d")]
+
+
+def check_published(res):
+    assert res.mode == "published" and res.skipped is None
+    assert res.test_users == 4 and res.extra["test_users_in_matrix"] == 3 and res.extra["test_items"] == 5
+    itemcf, popular = res.row("itemcf"), res.row("popular")
+    # ItemCF: lists for u1, u2 of 4 test users; u1 hits d@1 (1 of 2), u2 hits d@2 (1 of 1); u3, u4 score 0
+    assert (itemcf["users"], itemcf["users_with_list"], itemcf["user_coverage"]) == (4, 2, 0.5)
+    assert (itemcf["recall@1"], itemcf["recall@2"], itemcf["mrr"]) == (0.5 / 4, 1.5 / 4, 1.5 / 4)
+    assert itemcf["coverage@2"] == 0.0                     # d, x, y are not in the matrix catalog {a, b, c}
+    # popular: u1 d@2, u2 d@1, u3 a@1
+    assert (popular["users"], popular["users_with_list"], popular["user_coverage"]) == (4, 3, 0.75)
+    assert (popular["recall@1"], popular["recall@2"], popular["mrr"]) == (2 / 4, 2.5 / 4, 2.5 / 4)
+    assert math.isclose(popular["coverage@1"], 1 / 3)
+
+
+def test_evaluate_published_coverage_hand_computed(spark):
+    matrix, itemcf, popular = published_inputs(spark)
+    recs = (itemcf.withColumn("channel", F.lit("itemcf"))
+            .unionByName(popular.withColumn("channel", F.lit("popular"))))
+    truth = spark.createDataFrame(TRUTH, "user_id string, item_id string")
+    res = evaluate_published(recs, truth, matrix, [1, 2], ["itemcf", "popular", "swing"], D, "literal truth")
+    check_published(res)
+    assert [r["channel"] for r in res.rows] == ["itemcf", "popular", "swing"]
+    assert (res.row("swing")["users_with_list"], res.row("swing")["recall@2"]) == (0, 0.0)
+    assert res.source == "literal truth" and res.train_date == D and res.catalog_items == 3
+
+
+def test_truth_from_events_after_d_only(spark):
+    ev = lambda u, i, t, ts: (u, i, t, ts, None, None, None)  # noqa: E731
+    d1, d2 = D + timedelta(days=1), D + timedelta(days=2)
+    events = spark.createDataFrame([
+        ev("u1", "a", "click", at(d1, 0)), ev("u1", "a", "like", at(d1, 5)),   # one pair
+        ev("u2", "b", "impression", at(d1, 3)),                                # not a positive
+        ev("u3", "c", "click", at(D, 23)),                                     # late event of D: before the lists
+        ev("u4", "d", "click", at(d2, 1)),                                     # after truth_days = 1
+    ], EVENTS)
+    assert pairs(truth_from_events(events, W, D, 1)) == {("u1", "a")}
+    assert pairs(truth_from_events(events, W, D, 2)) == {("u1", "a"), ("u4", "d")}
+
+
+@pytest.mark.slow
+def test_run_evaluate_published_mode(spark, make_cfg, tmp_path):
+    matrix, itemcf, popular = published_inputs(spark)
+    cfg = make_cfg("evaluate.mode=published", "evaluate.ks=[1,2]")
+    for name, df in (("user_item_matrix", matrix), ("recall_itemcf", itemcf), ("recall_popular", popular)):
+        replace_partition(df, cfg.warehouse, name, D)
+    # D + 1 is not ingested yet: the published mode says so instead of failing
+    (skipped,) = run_evaluate(spark, cfg, D)
+    assert skipped.skipped.startswith("no truth after 2026-11-20: events has no positive event with ts in 2026-11-21")
+    assert "evaluate.truth_path" in skipped.skipped
+    saved = json.loads(Path(skipped.path).read_text())
+    assert saved["mode"] == "published" and saved["results"][0]["skipped"] == skipped.skipped
+
+    d1 = D + timedelta(days=1)
+    ev = lambda u, i, t, ts: (u, i, t, ts, None, None, None)  # noqa: E731
+    rows = [ev(u, i, "click", at(d1, 5)) for u, i in TRUTH] + [ev("u2", "z", "impression", at(d1, 6)),
+                                                              ev("u3", "q", "click", at(D, 22))]  # late, of D
+    replace_partition(spark.createDataFrame(rows, EVENTS), cfg.warehouse, "events", d1)
+    (res,) = run_evaluate(spark, cfg, D)
+    check_published(res)
+    assert [r["channel"] for r in res.rows] == ["itemcf", "popular"]
+    assert res.source == "positive events of 2026-11-21 (events dt 2026-11-21; 1 of 1 days)"
+    assert res.extra["channels_without_lists"] == ["recall_swing (no table)", "recall_usercf (no table)",
+                                                   "recall_two_tower (no table)"]
+    saved = json.loads(Path(res.path).read_text())["results"][0]
+    assert saved["rows"][0]["users_with_list"] == 2 and saved["rows"][0]["user_coverage"] == 0.5
+
+    # an explicit truth table (the MovieLens import's held-out ratings): every row is truth, whatever its ts
+    truth_dir = tmp_path / "truth" / "dt=2026-11-20"
+    spark.createDataFrame([(u, i, at(D - timedelta(days=9))) for u, i in TRUTH],
+                          "user_id string, item_id string, ts timestamp").write.parquet(str(truth_dir))
+    cfg2 = make_cfg("evaluate.mode=published", "evaluate.ks=[1,2]", f"evaluate.truth_path={tmp_path}/truth/dt={{date}}")
+    (res2,) = run_evaluate(spark, cfg2, D)
+    check_published(res2)
+    assert res2.source == f"truth table {truth_dir}"
+
+
 @pytest.mark.slow
 def test_run_evaluate_synthetic_itemcf_beats_popular(spark, make_cfg, tmp_path):
     pytest.importorskip("recsys_batch.similarity.itemcf")
-    from recsys_batch.evaluation.evaluate import run_evaluate
     from recsys_batch.generate import generate_synthetic
-    from recsys_batch.io.tables import replace_partition
 
     gen = GenerateConfig(n_users=300, n_items=200, n_authors=20, n_categories=8, n_clusters=4, days=7,
                          impressions_per_user_day=30.0, bad_row_ratio=0.0)
@@ -129,14 +223,28 @@ def test_run_evaluate_synthetic_itemcf_beats_popular(spark, make_cfg, tmp_path):
     cfg = make_cfg("evaluate.ks=[20,50]", "evaluate.channels=[itemcf,popular]", "matrix.lookback_days=7")
     replace_partition(events, cfg.warehouse, "events", D, count=False)  # one partition: rows are chosen by ts
 
-    res = run_evaluate(spark, cfg, D)
-    assert [r["channel"] for r in res.rows] == ["itemcf", "popular"]
-    assert res.test_users > 100 and all(r["users"] == res.test_users for r in res.rows)
+    published, res = run_evaluate(spark, cfg, D)   # default mode: both
+    # no recall stage ran: the published mode is skipped and says why
+    assert published.mode == "published" and published.rows == []
+    assert published.skipped.startswith("no recall table has lists for dt=2026-11-20: recall_itemcf (no table)")
+    assert res.mode == "rebuild" and [r["channel"] for r in res.rows] == ["itemcf", "popular"]
+    # recall.active_days null: every test user is a target, so every channel has a list for each of them
+    assert res.test_users > 100 and all(r["users"] == r["users_with_list"] == res.test_users for r in res.rows)
     itemcf, popular = res.row("itemcf"), res.row("popular")
     assert itemcf["recall@50"] > popular["recall@50"], res.rows
     for r in res.rows:
         assert 0 <= r["recall@20"] <= r["recall@50"] <= 1 and 0 <= r["mrr"] <= 1
         assert 0 < r["coverage@20"] <= r["coverage@50"] <= 1
     saved = json.loads(Path(res.path).read_text())
-    assert res.path == str(Path(cfg.warehouse.root).resolve() / "reports/evaluate/dt=2026-11-20/metrics.json")
-    assert saved["split"] == "user_chrono" and saved["rows"][0]["recall@50"] == itemcf["recall@50"]
+    expected_path = Path(cfg.warehouse.root).resolve() / "reports/evaluate/dt=2026-11-20/metrics.json"
+    assert res.path == published.path == str(expected_path)
+    assert saved["mode"] == "both" and [r["mode"] for r in saved["results"]] == ["published", "rebuild"]
+    rebuilt = saved["results"][1]
+    assert rebuilt["split"] == "user_chrono" and rebuilt["rows"][0]["recall@50"] == itemcf["recall@50"]
+
+    # recall.active_days = 1: only test users active on D get lists -- the hole shows in users_with_list
+    (short,) = run_evaluate(spark, cfg.model_copy(update={
+        "recall": cfg.recall.model_copy(update={"active_days": 1}),
+        "evaluate": cfg.evaluate.model_copy(update={"mode": "rebuild", "channels": ["popular"]})}), D)
+    row = short.row("popular")
+    assert 0 < row["users_with_list"] == short.extra["target_users"] < short.test_users

@@ -1,18 +1,27 @@
-"""The offline evaluator: split the window's events, rebuild the channels on the train part, score them.
+"""The offline evaluator: score the recall lists of run date D, two ways (``evaluate.mode``).
 
-For run date D: the events of the matrix lookback window ending at D are split (``evaluate.split``:
-``user_chrono`` or ``time``, :mod:`recsys_batch.evaluation.splits`); the train matrix is built with
-:func:`recsys_batch.matrix.build_user_item_matrix` for the split's train date; each channel of
+``published`` -- what shipped: the ``recall_<channel>`` tables of D (every channel whose table has rows for
+dt=D, ``recall_two_tower`` included) against what users did *after* the lists were built: the positive
+events with ts in the ``evaluate.truth_days`` days after D (events partitions D+1 .. D+N), or an explicit
+truth table (``evaluate.truth_path``). Items a user already has in D's ``user_item_matrix`` are not truth.
+A user the stage built no list for scores zero, so a coverage hole shows up in the metrics and in
+``users_with_list``. Without truth (the daily run of D, before D+1 is ingested) the mode is skipped with a
+message saying what is missing.
+
+``rebuild`` -- the formulas: the events of the matrix lookback window ending at D are split
+(``evaluate.split``: ``user_chrono`` or ``time``, :mod:`recsys_batch.evaluation.splits`); the train matrix
+is built with :func:`recsys_batch.matrix.build_user_item_matrix` for the split's train date; each channel of
 ``evaluate.channels`` is rebuilt from it (similarity with ``cfg.itemcf`` / ``cfg.swing`` / ``cfg.usercf``,
-then the recall transforms with top_n = max(ks)) for the test users only; the metrics of
-:mod:`recsys_batch.evaluation.metrics` are computed with Spark and collected (one row per channel).
+then the recall transforms with top_n = max(ks)) for the test users the recall stage would target
+(``recall.active_days``); the metrics of :mod:`recsys_batch.evaluation.metrics` are computed with Spark and
+collected (one row per channel).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from datetime import date
+from datetime import date, timedelta
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -22,13 +31,20 @@ from recsys_batch.config import Config
 from recsys_batch.errors import RecsysBatchError
 from recsys_batch.evaluation.metrics import CHANNEL, coverage_novelty, ranking_metrics
 from recsys_batch.evaluation.report import EvaluateResult, report_path, write_json
-from recsys_batch.evaluation.splits import Split, split_time, split_user_chrono
-from recsys_batch.io.tables import read_range
-from recsys_batch.matrix import build_user_item_matrix, events_partitions
-from recsys_batch.recall import item_based_recall, popular_recall, popular_scores, user_based_recall
+from recsys_batch.evaluation.splits import Split, split_time, split_user_chrono, window_events
+from recsys_batch.io.tables import path_exists, read_range, read_table, require_columns
+from recsys_batch.matrix import build_user_item_matrix, events_partitions, weight_column
+from recsys_batch.recall import (
+    active_users, item_based_recall, popular_recall, popular_scores, popular_window, user_based_recall,
+)
 from recsys_batch.schemas import Col
 
 log = logging.getLogger(__name__)
+
+#: the channels published as ``recall_<channel>`` (the recall stage; ``two_tower``: the index stage)
+PUBLISHED_CHANNELS = ("itemcf", "swing", "usercf", "popular", "two_tower")
+REBUILD, PUBLISHED = "rebuild", "published"
+
 
 def make_split(events: DataFrame, cfg: Config, run_date: date) -> Split:
     ev = cfg.evaluate
@@ -56,13 +72,15 @@ def channel_recall(channel: str, split: Split, matrix: DataFrame, cfg: Config, u
     """Recall lists of one channel rebuilt on the train part, for ``users``; plus DataFrames to unpersist."""
     rc = cfg.recall.model_copy(update={"top_n": top_n})
     if channel == "popular":
-        pop = popular_scores(split.train, cfg.events.weights, split.train_date, rc)
+        lookback, half_life = popular_window(rc, cfg.matrix)
+        pop = popular_scores(split.train, cfg.events.weights, split.train_date, lookback, half_life)
         return popular_recall(pop, matrix, users, rc), []
     if channel not in ("itemcf", "swing", "usercf"):
         raise RecsysBatchError(f"evaluate.channels: unknown channel {channel!r}; known: itemcf, swing, usercf, popular")
     sim = _similarity(channel, matrix, cfg)
-    fn = user_based_recall if channel == "usercf" else item_based_recall
-    return fn(matrix, sim, rc, users=users), [sim]
+    if channel == "usercf":
+        return user_based_recall(matrix, sim, rc, users=users, run_date=split.train_date), [sim]
+    return item_based_recall(matrix, sim, rc, users=users), [sim]
 
 
 def evaluate_lists(recs: DataFrame, test: DataFrame, train_matrix: DataFrame, ks: list[int],
@@ -74,7 +92,8 @@ def evaluate_lists(recs: DataFrame, test: DataFrame, train_matrix: DataFrame, ks
     rows = []
     for c in channels:
         m, cv = rank.get(c, {}), cov.get(c, {})
-        row = {"channel": c, "users": int(m.get("users") or 0)}
+        row = {"channel": c, "users": int(m.get("users") or 0), "users_with_list": int(m.get("users_with_list") or 0),
+               "user_coverage": m.get("user_coverage")}
         row.update({f"recall@{k}": m.get(f"recall_{k}") for k in ks})
         row.update({f"hit_rate@{k}": m.get(f"hit_{k}") for k in ks})
         row.update({f"ndcg@{k}": m.get(f"ndcg_{k}") for k in ks})
@@ -87,10 +106,13 @@ def evaluate_lists(recs: DataFrame, test: DataFrame, train_matrix: DataFrame, ks
 
 def evaluate_split(split: Split, cfg: Config, run_date: date, channels: list[str] | None = None,
                    ks: list[int] | None = None) -> tuple[EvaluateResult, DataFrame, DataFrame]:
-    """Rebuild the channels on ``split.train`` and score them on ``split.test``.
+    """Rebuild the channels on ``split.train`` and score them on ``split.test`` (mode ``rebuild``).
 
-    Returns the result plus the (persisted) train matrix and test items, so a caller (the benchmark)
-    can score other recommenders on the very same split; unpersist them when done.
+    Lists are built for the test users the recall stage would target on the train matrix: all of them
+    with ``recall.active_days`` null, else those active within that many days of the train date (the
+    others count as zeros, as they would in production). Returns the result plus the (persisted) train
+    matrix and test items, so a caller (the benchmark) can score other recommenders on the very same
+    split; unpersist them when done.
     """
     channels = list(channels or cfg.evaluate.channels)
     ks = sorted(set(ks or cfg.evaluate.ks))
@@ -100,7 +122,11 @@ def evaluate_split(split: Split, cfg: Config, run_date: date, channels: list[str
     train = split.train.persist(mem)
     matrix = build_user_item_matrix(train, cfg.events.weights, split.train_date, cfg.matrix).persist(mem)
     test = split.test.persist(mem)
-    users = test.select(Col.USER).distinct().persist(mem)
+    users = test.select(Col.USER).distinct()
+    if cfg.recall.active_days is not None:
+        users = users.join(active_users(matrix, split.train_date, cfg.recall.active_days), on=Col.USER,
+                           how="left_semi")
+    users = users.persist(mem)
     lists, to_free = [], []
     try:
         for c in channels:
@@ -117,8 +143,12 @@ def evaluate_split(split: Split, cfg: Config, run_date: date, channels: list[str
         rows = evaluate_lists(recs, test, matrix, ks, channels)
         result = EvaluateResult(
             run_date=run_date, split=split.kind, train_date=split.train_date, ks=ks, rows=rows,
-            test_users=users.count(), train_users=matrix.select(Col.USER).distinct().count(),
-            catalog_items=matrix.select(Col.ITEM).distinct().count(), extra={"recommendations": n_recs},
+            test_users=test.select(Col.USER).distinct().count(),
+            train_users=matrix.select(Col.USER).distinct().count(),
+            catalog_items=matrix.select(Col.ITEM).distinct().count(), mode=REBUILD,
+            source=f"channels rebuilt on the {split.kind} split of the window ending {run_date}",
+            extra={"recommendations": n_recs, "target_users": users.count(),
+                   "recall_active_days": cfg.recall.active_days},
         )
         recs.unpersist()
     finally:
@@ -128,20 +158,140 @@ def evaluate_split(split: Split, cfg: Config, run_date: date, channels: list[str
     return result, matrix, test
 
 
-def run_evaluate(spark: SparkSession, cfg: Config, run_date: date) -> EvaluateResult:
-    """Stage ``evaluate``: metrics of every channel in ``evaluate.channels`` for ``run_date``.
+# ---- published mode ---------------------------------------------------------------------------------------
 
-    Reads the ``events`` partitions of the matrix lookback window of D, writes the metric table as JSON to
-    ``<warehouse.root>/reports/evaluate/dt=<D>/metrics.json`` (replaced on re-run) and returns it
-    (``EvaluateResult.rows``: one row per channel). Prints nothing.
+
+def truth_from_events(events: DataFrame, weights: dict[str, float], run_date: date, truth_days: int) -> DataFrame:
+    """Distinct (user_id, item_id) of the positive events with ts in [D + 1, D + 1 + truth_days) (UTC days).
+
+    The events a user had after the lists of D were built (batches may hold late events of D or earlier:
+    they are not truth). Cost: one filter, a distinct.
     """
-    first, last = events_partitions(run_date, cfg.matrix, cfg.ingest)
-    events = read_range(spark, cfg.warehouse, "events", first, last)
-    result, matrix, test = evaluate_split(make_split(events, cfg, run_date), cfg, run_date)
-    matrix.unpersist()
-    test.unpersist()
+    after = window_events(events, run_date + timedelta(days=truth_days), truth_days)
+    return after.where(weight_column(weights) > 0).select(Col.USER, Col.ITEM).distinct()
+
+
+def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks: list[int], channels: list[str],
+                       run_date: date, source: str) -> EvaluateResult:
+    """Score published lists (channel, user_id, item_id, rank) on ``truth`` (user_id, item_id) (mode ``published``).
+
+    Test items = distinct truth pairs minus the (user, item) pairs of ``matrix`` (D's ``user_item_matrix``:
+    a re-consumed item the lists could never show is not truth); test users = users with >= 1 test item,
+    those without a matrix row (cold users, no list possible) included and counted in
+    ``extra["test_users_in_matrix"]``. Catalog and popularity of coverage / novelty: ``matrix``.
+    Cost: one anti join of the truth with the matrix, then :func:`evaluate_lists`.
+    """
+    require_columns(truth, [Col.USER, Col.ITEM], table="truth", where="published evaluation")
+    require_columns(matrix, [Col.USER, Col.ITEM], table="user_item_matrix", where="published evaluation")
+    ks = sorted(set(ks))
+    mem = StorageLevel.MEMORY_AND_DISK
+    test = (truth.select(Col.USER, Col.ITEM).distinct()
+            .join(matrix.select(Col.USER, Col.ITEM), on=[Col.USER, Col.ITEM], how="left_anti").persist(mem))
+    try:
+        test_users = test.select(Col.USER).distinct()
+        n_test_users = test_users.count()
+        in_matrix = test_users.join(matrix.select(Col.USER).distinct(), on=Col.USER, how="left_semi").count()
+        rows = evaluate_lists(recs, test, matrix, ks, channels) if n_test_users else []
+        result = EvaluateResult(
+            run_date=run_date, split="published", train_date=run_date, ks=ks, rows=rows, test_users=n_test_users,
+            train_users=matrix.select(Col.USER).distinct().count(),
+            catalog_items=matrix.select(Col.ITEM).distinct().count(), mode=PUBLISHED, source=source,
+            extra={"test_items": test.count(), "test_users_in_matrix": in_matrix},
+            skipped=None if n_test_users else f"{source}: no truth pair outside the users' matrix of {run_date}",
+        )
+    finally:
+        test.unpersist()
+    log.info("evaluate %s (published): %s test users, %s", run_date, result.test_users, result.rows)
+    return result
+
+
+def published_lists(spark: SparkSession, cfg: Config, run_date: date) -> tuple[DataFrame | None, list[str], list[str]]:
+    """(lists (channel, user_id, item_id, rank), channels found, notes on the channels without a dt=D partition)."""
+    lists, found, missing = [], [], []
+    for c in PUBLISHED_CHANNELS:
+        table = f"recall_{c}"
+        df = read_table(spark, cfg.warehouse, table, run_date, required=False)
+        if df is None or df.limit(1).count() == 0:
+            missing.append(f"{table} ({'no table' if df is None else f'no rows for dt={run_date}'})")
+            continue
+        found.append(c)
+        lists.append(df.select(F.lit(c).alias(CHANNEL), Col.USER, Col.ITEM, F.col(Col.RANK).cast("int")))
+    recs = None
+    for df in lists:
+        recs = df if recs is None else recs.unionByName(df)
+    return recs, found, missing
+
+
+def published_truth(spark: SparkSession, cfg: Config, run_date: date) -> tuple[DataFrame | None, str]:
+    """(truth (user_id, item_id), where it came from) or (None, why there is none)."""
+    ev, wh = cfg.evaluate, cfg.warehouse
+    if ev.truth_path:
+        path = ev.truth_path.format(date=run_date.isoformat())
+        if not path_exists(spark, path):
+            return None, f"evaluate.truth_path {path} does not exist"
+        truth = spark.read.parquet(path)
+        require_columns(truth, [Col.USER, Col.ITEM], table=f"truth table {path}", where="published evaluation")
+        return truth.select(Col.USER, Col.ITEM), f"truth table {path}"
+    first, last = run_date + timedelta(days=1), run_date + timedelta(days=ev.truth_days)
+    span = f"{first}" if first == last else f"{first}..{last}"
+    events = read_range(spark, wh, "events", first, last, required=False)
+    truth = None if events is None else truth_from_events(events, cfg.events.weights, run_date, ev.truth_days)
+    if truth is None or truth.limit(1).count() == 0:
+        return None, (f"no truth after {run_date}: events has no positive event with ts in {span} "
+                      f"(partitions dt={span}); ingest them and re-run `recsys-batch evaluate --date {run_date} "
+                      f"--set evaluate.mode=published`, or set evaluate.truth_path")
+    days = sorted(r[0] for r in events.select(Col.DT).distinct().collect())
+    return truth, f"positive events of {span} (events dt {', '.join(days)}; {len(days)} of {ev.truth_days} days)"
+
+
+def run_published(spark: SparkSession, cfg: Config, run_date: date) -> EvaluateResult:
+    """The ``published`` mode for D: a result, or one whose ``skipped`` says what is missing."""
+    ks = sorted(set(cfg.evaluate.ks))
+    skipped = lambda why: EvaluateResult(run_date=run_date, split="published", train_date=run_date,  # noqa: E731
+                                         ks=ks, rows=[], mode=PUBLISHED, skipped=why)
+    recs, found, missing = published_lists(spark, cfg, run_date)
+    if recs is None:
+        return skipped(f"no recall table has lists for dt={run_date}: {', '.join(missing)}; run the recall stage")
+    truth, source = published_truth(spark, cfg, run_date)
+    if truth is None:
+        return skipped(source)
+    matrix = read_table(spark, cfg.warehouse, "user_item_matrix", run_date).drop(Col.DT)
+    matrix = matrix.select(Col.USER, Col.ITEM).persist(StorageLevel.MEMORY_AND_DISK)
+    recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        result = evaluate_published(recs, truth, matrix, ks, found, run_date, source)
+    finally:
+        recs.unpersist()
+        matrix.unpersist()
+    if missing:
+        result = replace(result, extra={**result.extra, "channels_without_lists": missing})
+    return result
+
+
+def run_evaluate(spark: SparkSession, cfg: Config, run_date: date) -> list[EvaluateResult]:
+    """Stage ``evaluate``: one result per mode of ``evaluate.mode`` (published first, then rebuild).
+
+    Rebuild reads the ``events`` partitions of the matrix lookback window of D; published reads the
+    ``recall_<channel>`` tables and ``user_item_matrix`` of D and the truth (module doc). Writes all results as
+    JSON to ``<warehouse.root>/reports/evaluate/dt=<D>/metrics.json`` (replaced on re-run): ``{"run_date",
+    "mode", "config_hash", "results": [...]}``, a skipped mode with its ``skipped`` reason. Prints nothing.
+    """
+    mode = cfg.evaluate.mode
+    results: list[EvaluateResult] = []
+    if mode in (PUBLISHED, "both"):
+        results.append(run_published(spark, cfg, run_date))
+    if mode in (REBUILD, "both"):
+        first, last = events_partitions(run_date, cfg.matrix, cfg.ingest)
+        events = read_range(spark, cfg.warehouse, "events", first, last)
+        result, matrix, test = evaluate_split(make_split(events, cfg, run_date), cfg, run_date)
+        matrix.unpersist()
+        test.unpersist()
+        results.append(result)
+    for r in results:
+        if r.skipped:
+            log.warning("evaluate %s: %s mode skipped: %s", run_date, r.mode, r.skipped)
     path = report_path(cfg.warehouse.root, run_date)
-    payload = result.to_dict()
-    payload["config_hash"] = cfg.config_hash()
-    payload.pop("path", None)
-    return replace(result, path=write_json(spark, path, payload))
+    payload = {"run_date": run_date.isoformat(), "mode": mode, "config_hash": cfg.config_hash(),
+               "results": [{k: v for k, v in r.to_dict().items() if k != "path"} for r in results]}
+    written = write_json(spark, path, payload)
+    return [replace(r, path=written) for r in results]

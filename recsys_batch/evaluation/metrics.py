@@ -12,6 +12,9 @@ MRR             1 / (rank of the first hit within max(ks)), 0 if none
 coverage@K      |distinct items of all evaluated lists' top K that are in the catalog| / |catalog|,
                 catalog = the distinct items of the train matrix
 novelty@K       mean over all (u, r <= K) list entries of -log2 pop(i), pop(i) = |N_train(i)| / |train users|
+users_with_list test users with at least one entry in the channel's lists (any rank); user_coverage =
+                users_with_list / test users -- a channel that builds no list for a user scores 0 there,
+                so a low user_coverage explains a low recall
 ==============  ===========================================================================================
 
 The per-user metrics are averaged over every test user (users with >= 1 test item); a user without a
@@ -45,11 +48,13 @@ def _idcg(n: F.Column, k: int) -> F.Column:
 
 
 def per_user_metrics(recs: DataFrame, test: DataFrame, ks: list[int], channels: list[str]) -> DataFrame:
-    """One row per (channel, test user): n_test, recall_K, hit_K, ndcg_K for each K, and mrr (see module doc).
+    """One row per (channel, test user): n_test, recall_K, hit_K, ndcg_K for each K, mrr and has_list (1.0 if
+    the user has any entry in the channel's lists, else 0.0; see module doc).
 
     Every channel of ``channels`` gets a row for every test user, with zeros where it has no list.
     Cost: a join of the lists (cut at max K) with the test items on (user, item), one aggregation on
-    (channel, user), a broadcast cross join of the few channels with the test users.
+    (channel, user), a distinct of the lists on (channel, user), a broadcast cross join of the few
+    channels with the test users.
     """
     require_columns(recs, [CHANNEL, Col.USER, Col.ITEM, Col.RANK], table="recommendations", where="metrics")
     require_columns(test, [Col.USER, Col.ITEM], table="test items", where="metrics")
@@ -65,8 +70,10 @@ def per_user_metrics(recs: DataFrame, test: DataFrame, ks: list[int], channels: 
         aggs.append(F.sum(F.when(rank <= k, 1).otherwise(0)).alias(f"_hits_{k}"))
         aggs.append(F.sum(F.when(rank <= k, F.lit(1.0) / F.log2(rank + F.lit(1))).otherwise(0.0)).alias(f"_dcg_{k}"))
     per_hit = hits.groupBy(CHANNEL, Col.USER).agg(*aggs)
+    listed = recs.select(CHANNEL, Col.USER).distinct().withColumn("_listed", F.lit(1.0))
     base = F.broadcast(_channels_df(recs.sparkSession, channels)).crossJoin(n_test)
-    joined = base.join(per_hit, on=[CHANNEL, Col.USER], how="left")
+    joined = (base.join(per_hit, on=[CHANNEL, Col.USER], how="left")
+              .join(listed, on=[CHANNEL, Col.USER], how="left"))
     n = F.col(_N)
     cols = [CHANNEL, Col.USER, _N]
     for k in ks:
@@ -75,15 +82,19 @@ def per_user_metrics(recs: DataFrame, test: DataFrame, ks: list[int], channels: 
                  F.when(hk > 0, 1.0).otherwise(0.0).alias(f"hit_{k}"),
                  (F.coalesce(F.col(f"_dcg_{k}"), F.lit(0.0)) / _idcg(n, k)).alias(f"ndcg_{k}")]
     cols.append(F.coalesce(F.lit(1.0) / F.col("_first"), F.lit(0.0)).alias("mrr"))
+    cols.append(F.coalesce(F.col("_listed"), F.lit(0.0)).alias("has_list"))
     return joined.select(*cols)
 
 
 def ranking_metrics(recs: DataFrame, test: DataFrame, ks: list[int], channels: list[str]) -> DataFrame:
-    """Per channel: users (test users averaged over), recall_K, hit_K, ndcg_K (means) and mrr (mean)."""
+    """Per channel: users (test users averaged over), users_with_list, user_coverage (users_with_list / users),
+    recall_K, hit_K, ndcg_K (means) and mrr (mean)."""
     ks = sorted(set(ks))
     pu = per_user_metrics(recs, test, ks, channels)
     names = [m for k in ks for m in (recall_col(k), f"hit_{k}", f"ndcg_{k}")] + ["mrr"]
-    return pu.groupBy(CHANNEL).agg(F.count(F.lit(1)).alias("users"), *[F.avg(c).alias(c) for c in names])
+    return pu.groupBy(CHANNEL).agg(F.count(F.lit(1)).alias("users"),
+                                   F.sum("has_list").cast("long").alias("users_with_list"),
+                                   F.avg("has_list").alias("user_coverage"), *[F.avg(c).alias(c) for c in names])
 
 
 def coverage_novelty(recs: DataFrame, train_matrix: DataFrame, ks: list[int], channels: list[str]) -> DataFrame:

@@ -14,10 +14,13 @@ from pyspark.sql import SparkSession
 
 @dataclass(frozen=True)
 class EvaluateResult:
-    """What ``run_evaluate`` returns: one row per channel, ready to render.
+    """One mode of ``run_evaluate`` (``published`` or ``rebuild``): one row per channel, ready to render.
 
-    Row keys: ``channel``, ``users`` (test users averaged over), ``recall@K``, ``hit_rate@K``, ``ndcg@K``,
-    ``coverage@K``, ``novelty@K`` for each K of ``ks``, and ``mrr``.
+    Row keys: ``channel``, ``users`` (test users averaged over), ``users_with_list`` (test users with a list
+    in the channel), ``user_coverage`` (their share), ``recall@K``, ``hit_rate@K``, ``ndcg@K``,
+    ``coverage@K``, ``novelty@K`` for each K of ``ks``, and ``mrr``. ``split``: the rebuild split, or
+    ``published``; ``train_date``: the date of the matrix the lists were built on; ``source``: where lists
+    and truth came from; ``skipped``: why a mode produced nothing (no truth yet), else None.
     """
 
     run_date: date
@@ -30,12 +33,16 @@ class EvaluateResult:
     catalog_items: int = 0
     path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    mode: str = "rebuild"
+    source: str = ""
+    skipped: str | None = None
 
     @property
     def columns(self) -> list[str]:
         ks = self.ks
-        return (["channel", "users"] + [f"recall@{k}" for k in ks] + [f"hit_rate@{k}" for k in ks]
-                + [f"ndcg@{k}" for k in ks] + ["mrr"] + [f"coverage@{k}" for k in ks] + [f"novelty@{k}" for k in ks])
+        return (["channel", "users", "users_with_list", "user_coverage"] + [f"recall@{k}" for k in ks]
+                + [f"hit_rate@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+                + [f"coverage@{k}" for k in ks] + [f"novelty@{k}" for k in ks])
 
     def row(self, channel: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["channel"] == channel)

@@ -15,7 +15,7 @@ _RN = "_rn"
 
 
 def recent_items(matrix: DataFrame, n: int, key: str = Col.USER) -> DataFrame:
-    """Per user the ``n`` most recent items of the matrix: (key, item_id, score).
+    """Per user the ``n`` most recent items of the matrix: (key, item_id, score, last_ts).
 
     Order: last_ts desc, item_id asc. With ``matrix.cap_order = recent`` and ``n <= matrix.lastn`` this is
     the same set as the first ``n`` entries of ``user_lastn``; unlike ``user_lastn`` every item here has
@@ -27,12 +27,18 @@ def recent_items(matrix: DataFrame, n: int, key: str = Col.USER) -> DataFrame:
     w = Window.partitionBy(Col.USER).orderBy(F.col(Col.LAST_TS).desc(), F.col(Col.ITEM).asc())
     return (matrix.select(Col.USER, Col.ITEM, Col.SCORE, Col.LAST_TS)
             .withColumn(_RN, F.row_number().over(w)).where(F.col(_RN) <= n)
-            .select(F.col(Col.USER).alias(key), Col.ITEM, Col.SCORE))
+            .select(F.col(Col.USER).alias(key), Col.ITEM, Col.SCORE, Col.LAST_TS))
 
 
-def active_users(matrix: DataFrame, run_date: date, active_days: int) -> DataFrame:
-    """Users of the matrix with a positive event in the last ``active_days`` days up to the end of D: (user_id)."""
+def active_users(matrix: DataFrame, run_date: date, active_days: int | None) -> DataFrame:
+    """Users of the matrix to build lists for: (user_id).
+
+    ``active_days`` null: every user of the matrix (anyone with a positive event in its lookback window);
+    N: those with a positive event in the last N days up to the end of D.
+    """
     require_columns(matrix, [Col.USER, Col.LAST_TS], table="user_item_matrix", where="active users")
+    if active_days is None:
+        return matrix.select(Col.USER).distinct()
     start, _ = window_bounds(run_date, active_days)
     start_us = int(start.timestamp()) * 1_000_000
     return (matrix.groupBy(Col.USER).agg(F.max(F.unix_micros(F.col(Col.LAST_TS))).alias("_last"))

@@ -4,7 +4,8 @@
   of ``item_features`` (newest dt <= D), cold items included -- an item the model never saw gets its
   out-of-vocabulary id row plus its real author / category / tag / numeric features.
 * Delta ``user_embeddings``, dt = D: users active within ``train.active_days`` (default
-  ``recall.active_days``) per ``user_activity``, from ``user_features`` + their last-N items (``user_lastn``).
+  ``recall.active_days``; both null = every user) per ``user_activity``, from ``user_features`` + their
+  last-N items (``user_lastn``).
 * ``<root>/models/two_tower/dt=D/user_tower.pt``: the user tower as TorchScript, with
   ``feature_spec.json`` and ``user_layout.json`` beside it. :class:`UserEmbedder` is the example loader:
   it embeds one user from raw feature values (``UserEmbedder(dir).embed({"user_id": "u1", "gender": "f",
@@ -89,8 +90,10 @@ def active_user_rows(cfg: Config, run_date: date) -> pa.Table:
     users = read_partition(wh, USER_FEATURES, d)
     act = read_partition(wh, "user_activity", run_date, [C.USER, C.LAST_TS], required=False)
     if act is not None:
-        start = datetime(run_date.year, run_date.month, run_date.day, tzinfo=timezone.utc) + timedelta(days=1 - days)
-        act = act.filter(pc.greater_equal(act.column(C.LAST_TS), pa.scalar(start, act.schema.field(C.LAST_TS).type)))
+        if days is not None:  # both null: every user of the matrix window
+            start = datetime(run_date.year, run_date.month, run_date.day, tzinfo=timezone.utc) + timedelta(1 - days)
+            start_ts = pa.scalar(start, act.schema.field(C.LAST_TS).type)
+            act = act.filter(pc.greater_equal(act.column(C.LAST_TS), start_ts))
         users = users.filter(pc.is_in(users.column(C.USER), act.column(C.USER).combine_chunks()))
     else:
         log.warning("export %s: no user_activity partition: embedding every user of user_features", run_date)
