@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -71,15 +72,30 @@ SourceFormat = Literal["parquet", "csv", "json", "delta"]
 
 
 class SourceConfig(_Model):
-    """One input. ``path`` may hold ``{date}`` (YYYY-MM-DD of the run) and ``{raw_root}``."""
+    """One input. ``path`` may hold ``{date}`` (YYYY-MM-DD of the run) and ``{raw_root}``; any other
+    ``{a,b}`` is a Hadoop glob (alternatives) and is left as it is."""
 
     path: str
     format: SourceFormat = "parquet"
     options: dict[str, str] = Field(default_factory=dict)
     required: bool = False
 
+    @field_validator("path")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        # a lone {word} is no useful glob (one alternative): it is a mistyped placeholder
+        bad = [m for m in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", v) if m not in _PLACEHOLDERS]
+        if bad:
+            raise ValueError(f"unknown placeholder {{{bad[0]}}} in {v!r}: use {{date}} or {{raw_root}}, "
+                             f"or a Hadoop glob with alternatives such as {{a,b}}")
+        return v
+
     def resolve(self, run_date: date, raw_root: str) -> str:
-        return self.path.format(date=run_date.isoformat(), raw_root=raw_root.rstrip("/"))
+        values = {"date": run_date.isoformat(), "raw_root": raw_root.rstrip("/")}
+        return re.sub(r"\{(date|raw_root)\}", lambda m: values[m.group(1)], self.path)
+
+
+_PLACEHOLDERS = ("date", "raw_root")
 
 
 class SourcesConfig(_Model):

@@ -50,6 +50,27 @@ class MissingUpstream(MissingInput):
             f"build it with `{command}`")
 
 
+class EmptySource(MissingInput):
+    """A source path exists (or its glob matches) but holds no data file: an empty delivery folder."""
+
+    def __init__(self, table: str, path: str, detail: str = ""):
+        self.table, self.path = table, path
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"source {table}: {path} holds no data files{extra}; nothing was published")
+
+
+class SourceUnreadable(RecsysBatchError):
+    """A file of a source cannot be read: 0 bytes, truncated, not Parquet at all, corrupt pages, ...
+
+    ``path`` is the bad file when it is known, else the source folder.
+    """
+
+    def __init__(self, table: str, path: str, problem: str):
+        self.table, self.path, self.problem = table, path, problem.strip().rstrip(".").strip()
+        super().__init__(f"source {table}: cannot read {path}: {self.problem}; nothing was published "
+                         f"(replace or remove the file and re-run)")
+
+
 class UpstreamIncomplete(RecsysBatchError):
     """A stage was asked to run before the stages it reads from succeeded for the date."""
 
@@ -62,10 +83,11 @@ class RejectRatioExceeded(RecsysBatchError):
         self.table, self.run_date, self.total, self.rejected = table, run_date, total, rejected
         self.by_reason, self.max_ratio, self.quarantine = dict(by_reason), max_ratio, quarantine
         ratio = rejected / total if total else 0.0
-        reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+        reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
+        # no square brackets: the CLI prints through rich, which takes "[reason=n]" for a markup tag
         super().__init__(
             f"{table} for {run_date}: {rejected:,} of {total:,} rows rejected ({ratio:.2%}) > "
-            f"max_reject_ratio {max_ratio:.2%} [{reasons}]. Nothing was published; the rejected rows "
+            f"max_reject_ratio {max_ratio:.2%}; by reason: {reasons}. Nothing was published; the rejected rows "
             f"are in {quarantine} (dt={run_date}) with their reason and source file."
         )
 

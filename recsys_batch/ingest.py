@@ -2,15 +2,19 @@
 
 For each input (events required; users, items, follows, rank_logs optional) and run date D:
 
-1. read the source (Parquet / CSV / JSON lines / Delta; ``{date}`` in the path selects D's batch);
+1. read the source (Parquet / CSV / JSON lines / Delta; ``{date}`` in the path selects D's batch, and
+   the path may be a Hadoop glob); a missing, empty or unreadable source (0-byte, truncated or corrupt
+   Parquet) fails with :class:`MissingInput` / :class:`EmptySource` / :class:`SourceUnreadable` naming
+   the file, before any table is written;
 2. fail with :class:`SchemaError` if a required column is missing (naming source, path and column);
 3. normalise types: ids trimmed strings, event types lower-case, timestamps from timestamp / epoch /
-   string columns, numbers with ``try_cast`` (a bad value is a rejected row, not a failed job);
+   string columns (Parquet nanoseconds included), numbers with ``try_cast`` (a bad value is a rejected
+   row, not a failed job); integer columns take whole numbers only (2.7 is rejected, never truncated);
 4. give each row the *first* reason it breaks the contract (see :data:`REASONS`), or none;
-5. count rows per reason (one small aggregate); if the rejected share exceeds
-   ``ingest.max_reject_ratio`` write only the quarantine and raise :class:`RejectRatioExceeded`, so
-   nothing is published; otherwise replace partition ``dt = D`` of ``<table>`` and of
-   ``rejected_<table>`` (raw values as strings + ``reason`` + ``source_file``).
+5. count rows per reason (one small aggregate); once every source is counted, replace partition
+   ``dt = D`` of each ``rejected_<table>`` (raw values as strings + ``reason`` + ``source_file``); if
+   the rejected share of any table exceeds ``ingest.max_reject_ratio`` raise
+   :class:`RejectRatioExceeded`, so nothing is published; otherwise replace ``dt = D`` of ``<table>``.
 
 Re-running a date replaces both partitions: same input, same output, no duplicates.
 
@@ -29,8 +33,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recsys_batch.config import Config, SourceConfig
-from recsys_batch.errors import MissingInput, RecsysBatchError, RejectRatioExceeded
-from recsys_batch.io.tables import path_exists, read_source, replace_partition, require_columns
+from recsys_batch.errors import EmptySource, MissingInput, RecsysBatchError, RejectRatioExceeded
+from recsys_batch.io.tables import (list_source_files, path_exists, read_source, replace_partition,
+                                    require_columns, source_read_error)
 from recsys_batch.schemas import CONTRACT, EVENT_TIME, RANK_STAGES, REQUIRED, Col, rejected_schema
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,8 @@ TABLES = ("events", "users", "items", "follows", "rank_logs")
 REASONS = (
     "null_<column>",          # a key column is null or blank (user_id, item_id, ...)
     "unparsable_<column>",    # a timestamp that does not parse
-    "invalid_<column>",       # a number / boolean that does not parse
+    "non_integral_<column>",  # position, age: a number with a fraction (2.7); 1.0 and "1.0" are 1
+    "invalid_<column>",       # a number / boolean that does not parse (or overflows its type)
     "unknown_event_type",     # not one of events.weights
     "unknown_stage",          # rank_logs.stage not recall / prerank / rank
     "future_ts",              # later than end of the run date + future_tolerance_minutes
@@ -109,6 +115,29 @@ def _parse_tags(c: Column, dtype: T.DataType, sep: str) -> Column:
         F.filter(F.transform(parts, lambda x: F.trim(x)), lambda x: x != ""))
 
 
+def _as_double(c: Column) -> Column:
+    return F.trim(c.cast("string")).try_cast("double")
+
+
+def _parse_integral(c: Column, src_type: T.DataType, dst_type: T.DataType) -> Column:
+    """A whole number, never a truncated one: 3, "3", " 3 ", 3.0, "3.0", "3e0" -> 3; 2.7 or "2.7" -> null
+    (the row's reason is ``non_integral_<column>``); out of range -> null (``invalid_<column>``)."""
+    if isinstance(src_type, T.IntegralType):
+        return c.try_cast(dst_type)
+    d = _as_double(c) if not isinstance(src_type, T.NumericType) else c.try_cast("double")
+    whole = F.when(~F.isnan(d) & (F.rint(d) == d), d.try_cast(dst_type))
+    if isinstance(src_type, T.StringType):  # digits only: exact, even beyond a double's 53 bits
+        s = F.trim(c)
+        return F.when(s.rlike(r"^[+-]?[0-9]+$"), s.try_cast(dst_type)).otherwise(whole)
+    return whole
+
+
+def _non_integral(raw: Column) -> Column:
+    """The raw value is a finite number with a fraction (from its string form, whatever the source type)."""
+    d = _as_double(raw)
+    return d.isNotNull() & ~F.isnan(d) & (F.rint(d) != d)
+
+
 def _regex_escape(s: str) -> str:
     import re
 
@@ -126,6 +155,8 @@ def _normalise(name: str, c: Column, src_type: T.DataType, dst_type: T.DataType,
         return _parse_bool(c, src_type)
     if isinstance(dst_type, T.ArrayType):
         return _parse_tags(c, src_type, cfg.ingest.tags_separator)
+    if isinstance(dst_type, T.IntegralType):
+        return _parse_integral(c, src_type, dst_type)
     return c.try_cast(dst_type)
 
 
@@ -166,6 +197,8 @@ def validate(raw: DataFrame, table: str, cfg: Config, run_date: date, where: str
         elif isinstance(f.dataType, T.NumericType | T.BooleanType):
             if not f.nullable:
                 checks.append((raw_c.isNull(), f"null_{f.name}"))
+            if isinstance(f.dataType, T.IntegralType):
+                checks.append((_non_integral(raw_c), f"non_integral_{f.name}"))
             checks.append((raw_c.isNotNull() & (F.trim(raw_c) != "") & F.col(f.name).isNull(),
                            f"invalid_{f.name}"))
     if table == "events":
@@ -221,21 +254,38 @@ def rejected(annotated: DataFrame, table: str) -> DataFrame:
 class _Prepared:
     report: IngestReport
     annotated: DataFrame | None = None
-    error: RejectRatioExceeded | None = None
 
 
 def _prepare(spark: SparkSession, cfg: Config, table: str, src: SourceConfig, run_date: date) -> _Prepared:
-    """Validate one source, write its quarantine partition and check its reject ratio (no publish)."""
+    """Read and validate one source and count its rows per reason. Writes nothing.
+
+    A source that is missing, empty or unreadable fails here (:class:`MissingInput`,
+    :class:`EmptySource`, :class:`SourceUnreadable` naming the file), before any table is touched.
+    """
     path = src.resolve(run_date, cfg.warehouse.raw_root)
     report = IngestReport(table, run_date, path)
-    if not path_exists(spark, path):
+    listing = None if src.format == "delta" else list_source_files(spark, path)
+    if listing is None and (src.format != "delta" or not path_exists(spark, path)):
         if src.required:
             raise MissingInput(f"required source {table} has no data for {run_date}: {path} does not exist")
         report.skipped = f"no data at {path}"
         log.info("optional source %s: %s, skipped", table, report.skipped)
         return _Prepared(report)
-    annotated = validate(read_source(spark, src, path), table, cfg, run_date, where=path).persist()
-    counts = {r[0]: r[1] for r in annotated.groupBy(_REASON).count().collect()}
+    if listing is not None and not listing.files:
+        if src.required:
+            raise EmptySource(table, path, "only hidden files such as _SUCCESS, or nothing")
+        report.skipped = f"no data files at {path}"
+        log.info("optional source %s: %s, skipped", table, report.skipped)
+        return _Prepared(report)
+    annotated = validate(read_source(spark, src, path, table, listing), table, cfg, run_date, where=path).persist()
+    try:
+        counts = {r[0]: r[1] for r in annotated.groupBy(_REASON).count().collect()}
+    except Exception as e:  # a corrupt page under an intact footer shows only when the data is read
+        annotated.unpersist()
+        err = source_read_error(e, table, path)
+        if err is None:
+            raise
+        raise err from None
     report.valid = counts.pop(None, 0)
     report.rejected = counts
     report.total = report.valid + report.n_rejected
@@ -246,23 +296,25 @@ def _prepare(spark: SparkSession, cfg: Config, table: str, src: SourceConfig, ru
         log.warning("%s %s: %s of %s rows rejected (%.2f%%): %s", table, run_date, f"{report.n_rejected:,}",
                     f"{report.total:,}", 100.0 * report.n_rejected / report.total,
                     ", ".join(f"{k}={v:,}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
-    quarantine = f"rejected_{table}"
-    # the quarantine is written whatever happens next: nothing is lost, and a re-run replaces it
-    replace_partition(rejected(annotated, table), cfg.warehouse, quarantine, run_date, count=False)
-    error = None
-    if report.total and report.n_rejected / report.total > cfg.ingest.max_reject_ratio:
-        error = RejectRatioExceeded(table, run_date.isoformat(), report.total, report.n_rejected, counts,
-                                    cfg.ingest.max_reject_ratio, cfg.warehouse.table_path(quarantine))
-    return _Prepared(report, annotated, error)
+    return _Prepared(report, annotated)
+
+
+def _ratio_error(p: _Prepared, cfg: Config) -> RejectRatioExceeded | None:
+    r = p.report
+    if r.total and r.n_rejected / r.total > cfg.ingest.max_reject_ratio:
+        return RejectRatioExceeded(r.table, r.run_date.isoformat(), r.total, r.n_rejected, r.rejected,
+                                   cfg.ingest.max_reject_ratio, cfg.warehouse.table_path(f"rejected_{r.table}"))
+    return None
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run_date: date,
                tables: tuple[str, ...] = TABLES) -> list[IngestReport]:
     """Ingest every configured source for ``run_date``.
 
-    Two phases: every source is validated and quarantined first; only if none exceeds its reject
-    ratio are the validated tables published (one Delta commit each). A bad batch in any table
-    publishes nothing but the quarantine.
+    Three phases: (1) every source is read, validated and counted -- a missing, empty or unreadable
+    source fails here and no table changes; (2) every quarantine partition is written (whatever
+    happens next: nothing is lost, a re-run replaces it); (3) only if no table exceeds its reject
+    ratio are the validated tables published (one Delta commit each).
     """
     prepared: list[_Prepared] = []
     try:
@@ -272,15 +324,18 @@ def run_ingest(spark: SparkSession, cfg: Config, run_date: date,
                 prepared.append(_Prepared(IngestReport(table, run_date, "", skipped="not configured")))
                 continue
             prepared.append(_prepare(spark, cfg, table, src, run_date))
-        errors = [p.error for p in prepared if p.error is not None]
+        ready = [p for p in prepared if p.annotated is not None]
+        for p in ready:
+            replace_partition(rejected(p.annotated, p.report.table), cfg.warehouse, f"rejected_{p.report.table}",
+                              run_date, count=False)
+        errors = [e for p in ready if (e := _ratio_error(p, cfg)) is not None]
         if len(errors) == 1:
             raise errors[0]
         if errors:
-            raise RecsysBatchError("\n".join(str(e) for e in errors))
-        for p in prepared:
-            if p.annotated is not None:
-                replace_partition(accepted(p.annotated, p.report.table), cfg.warehouse, p.report.table,
-                                  run_date, count=False)
+            raise RecsysBatchError(" | ".join(str(e) for e in errors))
+        for p in ready:
+            replace_partition(accepted(p.annotated, p.report.table), cfg.warehouse, p.report.table,
+                              run_date, count=False)
     finally:
         for p in prepared:
             if p.annotated is not None:
