@@ -73,3 +73,128 @@ def test_backfill_skips_complete_dates_and_force_reruns_identically(spark, make_
     args = ["status", "--set", f"warehouse.root={cfg.warehouse.root}"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0 and "2026-11-20" in out.output and "success" in out.output
+
+
+# ---- start / commit / end rows, killed runs, staleness ------------------------------------------------
+
+def _record(cfg, stage, d, inputs, commits, end=SUCCESS):
+    """One run recorded as a stage would record it: start, one commit row per table, an end row (or
+    none when ``end`` is None: the process was killed)."""
+    from recsys_batch.runs import RunRecorder
+
+    with RunRecorder(cfg.warehouse, stage, d, cfg.config_hash(), inputs, attempt=1) as rec:
+        rec.start()
+        for t, v in commits.items():
+            rec.committed(t, v)
+    if end is not None:
+        rec.end(end, {t: 10 for t in commits})
+    return rec
+
+
+def test_run_log_folds_rows_and_marks_killed_and_stale_runs(make_cfg):
+    """Hand-built records (no Spark): versions are per table, so only a rewrite of a date a run read
+    makes it stale; a start without an end is killed (its pid is this process, which is not running it)."""
+    from recsys_batch.runs import KILLED, STALE, RunLog, read_run_rows
+
+    cfg = make_cfg()
+    _record(cfg, "check_input", D2, {}, {})
+    _record(cfg, "ingest", D2, {}, {"rejected_events": 0, "events": 1, "users": 2})
+    _record(cfg, "matrix", D2, {"events": 1, "users": 2}, {"user_item_matrix": 0, "user_lastn": 0})
+    _record(cfg, "itemcf", D2, {"events": 1, "users": 2, "user_item_matrix": 0, "user_lastn": 0},
+            {"itemcf_topk": 0})
+    # ingest of another date commits newer versions of the same tables: D2's runs stay complete
+    _record(cfg, "ingest", D1, {}, {"rejected_events": 3, "events": 4, "users": 5})
+    runs = RunLog.read(cfg.warehouse)
+    assert {k: runs.state(*k).state for k in runs.keys()} == {
+        ("check_input", "2026-11-20"): "success", ("ingest", "2026-11-20"): "success",
+        ("matrix", "2026-11-20"): "success", ("itemcf", "2026-11-20"): "success",
+        ("ingest", "2026-11-19"): "success"}
+
+    # ingest of D2 re-run and killed after its events commit: users keeps the old partition
+    killed = _record(cfg, "ingest", D2, {}, {"rejected_events": 6, "events": 7}, end=None)
+    rows = [r for r in read_run_rows(cfg.warehouse) if r["run_id"] == killed.run_id]
+    assert [(r["event"], r["status"]) for r in rows] == [("start", "running"), ("commit", "running"),
+                                                          ("commit", "running")]
+    runs = RunLog.read(cfg.warehouse)
+    st = runs.state("ingest", D2)
+    assert st.state == KILLED and not st.complete and st.run.attempt == 1
+    assert st.run.output_versions == {"rejected_events": 6, "events": 7}
+    assert st.not_committed == ["users", "items", "follows", "rank_logs"]
+    assert st.reasons[1] == "committed: events v7, rejected_events v6"
+    assert runs.attempts("ingest", D2) == 2
+    m = runs.state("matrix", D2)
+    assert m.state == STALE and m.reasons == [
+        "events dt=2026-11-20 rewritten by ingest (v7) after this run read v1"]
+    # itemcf read events through matrix: stale too, before matrix is re-run
+    assert runs.state("itemcf", D2).reasons == m.reasons
+    assert runs.state("check_input", D2).state == "success"  # not downstream of ingest
+
+    # matrix re-run on the new events: complete again; itemcf now also sees the newer matrix
+    _record(cfg, "ingest", D2, {}, {"rejected_events": 8, "events": 9, "users": 10})
+    _record(cfg, "matrix", D2, {"events": 9, "users": 10}, {"user_item_matrix": 1, "user_lastn": 1})
+    runs = RunLog.read(cfg.warehouse)
+    assert runs.state("ingest", D2).state == runs.state("matrix", D2).state == "success"
+    assert runs.state("itemcf", D2).reasons == [
+        "events dt=2026-11-20 rewritten by ingest (v9) after this run read v1",
+        "users dt=2026-11-20 rewritten by ingest (v10) after this run read v2",
+        "user_item_matrix dt=2026-11-20 rewritten by matrix (v1) after this run read v0",
+        "user_lastn dt=2026-11-20 rewritten by matrix (v1) after this run read v0"]
+    # the per-run view: one row per run, the killed one without an end
+    view = [r for r in read_runs(cfg.warehouse).to_pylist() if r["stage"] == "ingest" and r["run_date"] == "2026-11-20"]
+    assert [r["status"] for r in view] == ["success", "running", "success"]
+    assert view[1]["end_ts"] is None and json.loads(view[1]["output_versions"]) == {"events": 7, "rejected_events": 6}
+
+
+def test_start_without_end_on_another_host_is_running_then_killed_past_the_timeout(make_cfg):
+    from datetime import datetime, timedelta, timezone
+
+    from recsys_batch.runs import MAYBE_KILLED, RUNNING, RunLog, _append
+
+    cfg = make_cfg("runs.stale_running_minutes=30", "runs.stale_running_minutes_by_stage={train: 600}")
+    t0 = datetime(2026, 11, 21, 3, 0, tzinfo=timezone.utc)
+    for stage in ("matrix", "train"):
+        _append(cfg.warehouse, {"run_id": f"r-{stage}", "stage": stage, "run_date": D2.isoformat(),
+                                "start_ts": t0, "recorded_ts": t0, "status": "running", "event": "start",
+                                "attempt": 2, "host": "worker-7.cluster", "pid": 4242, "input_versions": "{}"})
+    runs = RunLog.read(cfg.warehouse)
+    young = runs.state("matrix", D2, cfg.runs, at=t0 + timedelta(minutes=29))
+    assert young.state == RUNNING and young.reasons == [
+        "run r-matrix (attempt 2) started 2026-11-21T03:00:00+00:00 on worker-7.cluster pid 4242, "
+        "no end record yet (29 min)", "committed: nothing"]
+    old = runs.state("matrix", D2, cfg.runs, at=t0 + timedelta(minutes=31))
+    assert old.state == MAYBE_KILLED and "after 31 min (> runs.stale_running_minutes 30)" in old.reasons[0]
+    assert runs.state("train", D2, cfg.runs, at=t0 + timedelta(minutes=31)).state == RUNNING  # per-stage 600
+
+
+def test_old_single_row_records_still_read(make_cfg):
+    """Records written before start/commit rows existed (no event, recorded_ts, output_versions columns)."""
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from recsys_batch.runs import RunLog, delta_rs_uri
+
+    cfg = make_cfg()
+    t = datetime(2026, 11, 21, 3, 0, tzinfo=timezone.utc)
+    old_schema = pa.schema([(n, pa.timestamp("us", tz="UTC") if n.endswith("_ts") else
+                             pa.float64() if n == "duration_s" else pa.string())
+                            for n in ("run_id", "stage", "run_date", "start_ts", "end_ts", "duration_s", "status",
+                                      "input_versions", "output_rows", "config_hash", "error", "host")])
+    write_deltalake(delta_rs_uri(cfg.warehouse.table_path("_runs")), pa.Table.from_pylist([
+        {"run_id": "a", "stage": "ingest", "run_date": "2026-11-20", "start_ts": t, "end_ts": t, "duration_s": 0.0,
+         "status": "success", "input_versions": "{}", "output_rows": "{}", "config_hash": "h", "error": None,
+         "host": "h"}], schema=old_schema), mode="append")
+    _record(cfg, "matrix", D2, {"events": 0}, {"user_item_matrix": 0})  # appends with the new columns
+    runs = RunLog.read(cfg.warehouse)
+    assert runs.state("ingest", D2).state == runs.state("matrix", D2).state == "success"
+    assert latest_status(cfg.warehouse)[("ingest", "2026-11-20")]["status"] == SUCCESS
+
+
+def test_downstream_closure_and_lineage():
+    from recsys_batch.pipeline import lineage, with_downstream
+
+    assert with_downstream(["itemcf"]) == ["itemcf", "recall", "evaluate", "publish"]
+    assert with_downstream(["features"]) == ["features", "samples", "train", "index", "evaluate", "publish"]
+    assert lineage("samples") == (("check_input", 0), ("check_input", -1), ("ingest", 0), ("ingest", -1),
+                                  ("matrix", 0), ("matrix", -1), ("features", 0), ("features", -1))
