@@ -198,3 +198,70 @@ def test_downstream_closure_and_lineage():
     assert with_downstream(["features"]) == ["features", "samples", "train", "index", "evaluate", "publish"]
     assert lineage("samples") == (("check_input", 0), ("check_input", -1), ("ingest", 0), ("ingest", -1),
                                   ("matrix", 0), ("matrix", -1), ("features", 0), ("features", -1))
+
+
+EVENTS_ONLY = ("sources.users=null", "sources.items=null", "sources.follows=null", "sources.rank_logs=null")
+
+
+def test_rerun_ingest_makes_downstream_stale_and_a_killed_matrix_is_rerun(spark, make_cfg, monkeypatch):
+    """Re-running ingest of D marks matrix and itemcf of D stale; a matrix run that dies after its first
+    table commit (the end row never written) shows as killed with what it committed; one backfill
+    re-runs matrix and then itemcf, and the rebuilt matrix equals the first one."""
+    from recsys_batch import runs as runs_mod
+    from recsys_batch.runner import missing_upstream
+
+    cfg = make_cfg(*EVENTS_ONLY)
+    generate_synthetic(TINY, D2, cfg.warehouse.raw_root)
+    stages = ["check_input", "ingest", "matrix", "itemcf"]
+    assert {s.action for s in backfill(cfg, D2, D2, stages, spark=spark)} == {"ran"}
+    matrix_before = sorted(read_table(spark, cfg.warehouse, "user_item_matrix", D2).drop("dt").collect())
+
+    run_stage("ingest", cfg, D2, spark)  # re-run: events of D2 committed again
+    states = runs_mod.RunLog.read(cfg.warehouse).states(cfg.runs)
+    state = {k[0]: s for k, s in states.items()}
+    assert {k: s.state for k, s in state.items()} == {
+        "check_input": "success", "ingest": "success", "matrix": "stale", "itemcf": "stale"}
+    new_events = state["ingest"].run.output_versions["events"]
+    read_before = state["matrix"].run.input_versions["events"]
+    assert new_events > read_before
+    assert state["matrix"].reasons == [
+        f"events dt=2026-11-20 rewritten by ingest (v{new_events}) after this run read v{read_before}"]
+    assert missing_upstream("itemcf", cfg.warehouse, D2) == [
+        f"matrix (stale: events dt=2026-11-20 rewritten by ingest (v{new_events}) after this run read v{read_before})"]
+    with pytest.raises(UpstreamIncomplete, match=r"stage itemcf for 2026-11-20 needs matrix \(stale: events"):
+        run_stage("itemcf", cfg, D2, spark)
+    out = CliRunner().invoke(app, ["status", "--set", f"warehouse.root={cfg.warehouse.root}"])
+    assert out.exit_code == 0, out.output
+    assert f"matrix 2026-11-20 stale: events dt=2026-11-20 rewritten by ingest (v{new_events})" in out.output
+
+    # matrix dies right after committing user_item_matrix; the end row is never written (as under SIGKILL)
+    class Killed(BaseException):
+        pass
+
+    def die(stage, table, n):  # noqa: ANN001, ANN202
+        if stage == "matrix" and n == 1:
+            raise Killed(table)
+
+    remove = runs_mod.add_commit_hook(die)
+    monkeypatch.setattr(runs_mod.RunRecorder, "end", lambda self, *a, **k: None)
+    with pytest.raises(Killed):
+        run_stage("matrix", cfg, D2, spark)
+    remove()
+    monkeypatch.undo()
+    st = runs_mod.RunLog.read(cfg.warehouse).state("matrix", D2, cfg.runs)
+    assert st.state == "killed" and st.run.attempt == 2
+    assert list(st.run.output_versions) == ["user_item_matrix"]
+    assert st.not_committed == ["user_lastn", "item_activity", "user_activity", "id_map_user", "id_map_item"]
+    out = CliRunner().invoke(app, ["status", "--set", f"warehouse.root={cfg.warehouse.root}"])
+    assert "matrix 2026-11-20 killed: run " in out.output and "that process is gone" in out.output
+    assert "not committed: user_lastn, item_activity, user_activity, id_map_user, id_map_item" in out.output
+
+    steps = backfill(cfg, D2, D2, stages, spark=spark)
+    assert [(s.stage, s.action) for s in steps] == [
+        ("check_input", "skipped"), ("ingest", "skipped"), ("matrix", "ran"), ("itemcf", "ran")]
+    assert steps[2].reason.startswith("killed: run ")
+    assert steps[3].reason.startswith("stale: events dt=2026-11-20 rewritten by ingest")
+    assert {s.action for s in backfill(cfg, D2, D2, stages, spark=spark)} == {"skipped"}
+    assert sorted(read_table(spark, cfg.warehouse, "user_item_matrix", D2).drop("dt").collect()) == matrix_before
+    final = runs_mod.RunLog.read(cfg.warehouse).state("matrix", D2)
+    assert final.run.attempt == 3 and len(final.run.output_versions) == 6
