@@ -310,9 +310,10 @@ def status(conf: ConfOpt = None, set_: SetOpt = None,
         console.print(f"[{c}]{name} {d} {s.state}[/]: {'; '.join(s.reasons)}", highlight=False)
         if s.state in ("running", "killed", "killed?") and s.not_committed:
             console.print(f"  not committed: {', '.join(s.not_committed)}", highlight=False)
-    if any(s.state != "success" for _, _, s in notes):
-        console.print("`recsys-batch backfill --from D --to D` re-runs what is failed, killed or stale, "
-                      "and the stages downstream of it", highlight=False)
+    if notes:
+        first, last = min(d for d, _, _ in notes), max(d for d, _, _ in notes)
+        console.print(f"`recsys-batch backfill --from {first} --to {last}` re-runs what is failed, killed or "
+                      f"stale, then what is downstream of it", highlight=False)
 
 
 @app.command("backfill")

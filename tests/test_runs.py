@@ -77,6 +77,11 @@ def test_backfill_skips_complete_dates_and_force_reruns_identically(spark, make_
 
 # ---- start / commit / end rows, killed runs, staleness ------------------------------------------------
 
+def _flat(text: str) -> str:
+    """CLI output with rich's line wrapping undone (words joined by single spaces)."""
+    return " ".join(text.split())
+
+
 def _record(cfg, stage, d, inputs, commits, end=SUCCESS):
     """One run recorded as a stage would record it: start, one commit row per table, an end row (or
     none when ``end`` is None: the process was killed)."""
@@ -232,7 +237,8 @@ def test_rerun_ingest_makes_downstream_stale_and_a_killed_matrix_is_rerun(spark,
         run_stage("itemcf", cfg, D2, spark)
     out = CliRunner().invoke(app, ["status", "--set", f"warehouse.root={cfg.warehouse.root}"])
     assert out.exit_code == 0, out.output
-    assert f"matrix 2026-11-20 stale: events dt=2026-11-20 rewritten by ingest (v{new_events})" in out.output
+    assert (f"matrix 2026-11-20 stale: events dt=2026-11-20 rewritten by ingest (v{new_events}) after this run "
+            f"read v{read_before}") in _flat(out.output)
 
     # matrix dies right after committing user_item_matrix; the end row is never written (as under SIGKILL)
     class Killed(BaseException):
@@ -252,9 +258,9 @@ def test_rerun_ingest_makes_downstream_stale_and_a_killed_matrix_is_rerun(spark,
     assert st.state == "killed" and st.run.attempt == 2
     assert list(st.run.output_versions) == ["user_item_matrix"]
     assert st.not_committed == ["user_lastn", "item_activity", "user_activity", "id_map_user", "id_map_item"]
-    out = CliRunner().invoke(app, ["status", "--set", f"warehouse.root={cfg.warehouse.root}"])
-    assert "matrix 2026-11-20 killed: run " in out.output and "that process is gone" in out.output
-    assert "not committed: user_lastn, item_activity, user_activity, id_map_user, id_map_item" in out.output
+    out = _flat(CliRunner().invoke(app, ["status", "--set", f"warehouse.root={cfg.warehouse.root}"]).output)
+    assert "matrix 2026-11-20 killed: run " in out and "that process is gone" in out
+    assert "not committed: user_lastn, item_activity, user_activity, id_map_user, id_map_item" in out
 
     steps = backfill(cfg, D2, D2, stages, spark=spark)
     assert [(s.stage, s.action) for s in steps] == [
@@ -265,3 +271,55 @@ def test_rerun_ingest_makes_downstream_stale_and_a_killed_matrix_is_rerun(spark,
     assert sorted(read_table(spark, cfg.warehouse, "user_item_matrix", D2).drop("dt").collect()) == matrix_before
     final = runs_mod.RunLog.read(cfg.warehouse).state("matrix", D2)
     assert final.run.attempt == 3 and len(final.run.output_versions) == 6
+
+
+KILL_AFTER = """
+import os, signal, sys
+from recsys_batch import runs
+from recsys_batch.runner import job_main
+
+def kill(stage, table, n):
+    if n == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+runs.add_commit_hook(kill)
+sys.exit(job_main("ingest", sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_ingest_sigkilled_between_commits_is_shown_killed_and_rerun(spark, make_cfg, tmp_path):
+    """A real SIGKILL in a child process after ingest's third table commit (rejected_events,
+    rejected_users, events; users not yet): `status` shows the re-run as killed with what it committed,
+    not the earlier success, and `backfill` re-runs it instead of "skipped (complete)"."""
+    import os
+    import subprocess
+    import sys
+
+    sets = [f"warehouse.root={tmp_path / 'wh'}", f"warehouse.raw_root={tmp_path / 'raw'}",
+            "spark.shuffle_partitions=2", "spark.driver_memory=1g",
+            "sources.items=null", "sources.follows=null", "sources.rank_logs=null"]
+    cfg = make_cfg(*sets[3:])
+    generate_synthetic(TINY, D2, cfg.warehouse.raw_root)
+    assert {s.action for s in backfill(cfg, D2, D2, ["check_input", "ingest"], spark=spark)} == {"ran"}
+
+    argv = ["3", "--date", D2.isoformat(), "--conf", "local"] + [a for s in sets for a in ("--set", s)]
+    child = subprocess.run([sys.executable, "-c", KILL_AFTER, *argv], capture_output=True, text=True,
+                           timeout=900, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    assert child.returncode == -9, child.stderr[-3000:]
+
+    out = CliRunner().invoke(app, ["status", "--conf", "local", *[a for s in sets for a in ("--set", s)]])
+    assert out.exit_code == 0, out.output
+    text = _flat(out.output)
+    assert "ingest 2026-11-20 killed: run " in text and "(attempt 2)" in text, text
+    # rejected_users stays at v0: the quarantine is empty both times, and Delta records no empty commit
+    assert "that process is gone; committed: events v1, rejected_events v1, rejected_users v0" in text, text
+    assert "not committed: users, items, follows, rank_logs" in text, text
+
+    steps = backfill(cfg, D2, D2, ["check_input", "ingest"], spark=spark)
+    assert [(s.stage, s.action) for s in steps] == [("check_input", "skipped"), ("ingest", "ran")]
+    from recsys_batch.runs import RunLog
+
+    st = RunLog.read(cfg.warehouse).state("ingest", D2)
+    assert st.state == "success" and st.run.attempt == 3
+    assert st.run.output_versions == {"events": 2, "rejected_events": 2, "rejected_users": 0, "users": 1}
