@@ -21,7 +21,9 @@ A pointer (log entry and mirror alike) is ``{"release", "run_date", "path", "swi
 
 **Protocol.** gate -> write every file of the release -> ``manifest.json`` last -> (local / HDFS: rename
 ``.staging-<id>`` to ``releases/<id>``, one atomic rename) -> verify: every checksum, size and row count
-re-read from the published filesystem -> switch the pointer -> prune. A crash or error at any step before
+re-read from the published filesystem -> switch the pointer -> prune. A date older than the live
+release's is refused before the gate and again before the switch (:func:`check_order`) unless
+``publish.allow_older``: serving goes back only by :func:`rollback` (to any kept release, by id or date). A crash or error at any step before
 the pointer's log entry exists leaves the previous release current; a failed run removes what it wrote.
 
 **Why a pointer log.** Replacing one existing file atomically is not available everywhere: POSIX
