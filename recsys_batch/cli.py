@@ -300,7 +300,8 @@ def status(conf: ConfOpt = None, set_: SetOpt = None,
                 cells.append("-")
                 continue
             secs = s.run.duration_s
-            cells.append(f"[{colour.get(s.state, 'white')}]{s.state}[/]" + (f" {secs:.0f}s" if secs is not None else ""))
+            took = f" {secs:.0f}s" if secs is not None else ""
+            cells.append(f"[{colour.get(s.state, 'white')}]{s.state}[/]{took}")
             if s.state != "success":
                 notes.append((d, st.name, s))
         t.add_row(st.name, *cells)
@@ -350,12 +351,15 @@ def backfill_cmd(
         raise typer.Exit(1)
 
 
+RollbackToOpt = Annotated[str | None, typer.Option("--to", help="date YYYY-MM-DD: its newest kept release")]
+ReleaseOpt = Annotated[str | None, typer.Option(
+    "--release", help="a kept release id, e.g. 2026-05-09_20260510T030102123456Z")]
+
+
 @app.command("rollback")
 @_friendly
-def rollback_cmd(to: Annotated[str | None, typer.Option("--to", help="date YYYY-MM-DD: its newest kept release")] = None,
-                 release: Annotated[str | None, typer.Option("--release", help="a kept release id, e.g. "
-                                                             "2026-05-09_20260510T030102123456Z")] = None,
-                 conf: ConfOpt = None, set_: SetOpt = None) -> None:
+def rollback_cmd(to: RollbackToOpt = None, release: ReleaseOpt = None, conf: ConfOpt = None,
+                 set_: SetOpt = None) -> None:
     """Switch the published pointer back to a kept release: --release ID, or --to D (newest of that date)."""
     from recsys_batch.publish.release import rollback
 

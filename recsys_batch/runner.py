@@ -66,7 +66,8 @@ def missing_upstream(name: str, wh: Any, run_date: date, runs: Any = None) -> li
     stage = get_stage(name)
     prev = run_date - timedelta(days=1)
     out = []
-    for u, d, suffix in [(u, run_date, "") for u in stage.upstream] + [(u, prev, f" for {prev}") for u in stage.prev_day]:
+    edges = [(u, run_date, "") for u in stage.upstream] + [(u, prev, f" for {prev}") for u in stage.prev_day]
+    for u, d, suffix in edges:
         st = runs.state(u, d)
         if not st.complete:
             out.append(f"{u}{suffix}" if st.run is None else f"{u}{suffix} ({st.describe()})")

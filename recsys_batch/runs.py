@@ -351,12 +351,13 @@ def is_complete(wh: WarehouseConfig, stage: str, run_date: date, runs: RunLog | 
 
 
 def table_version(wh: WarehouseConfig, name: str) -> int | None:
-    """Current Delta version of a warehouse table, None if it does not exist."""
+    """Current Delta version of a warehouse table, None if it does not exist. Reads the log only, not the
+    file list (a stage records the version of every table in its lineage at its start)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(delta_rs_uri(wh.table_path(name))).version()
+        return DeltaTable(delta_rs_uri(wh.table_path(name)), without_files=True).version()
     except TableNotFoundError:
         return None
 
