@@ -172,11 +172,15 @@ def render_gate(gate: dict[str, Any], title: str = "evaluation gate") -> None:
 def publish_cmd(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None, no_check: NoCheckOpt = False,
                 force: Annotated[bool, typer.Option("--force", help="publish even if the gate refuses (recorded as "
                                                                     "forced in the manifest; = publish.force=true)")] = False,
+                allow_older: Annotated[bool, typer.Option(
+                    "--allow-older", help="publish even if the live release is of a later date "
+                    "(publish.allow_older); `rollback` is the way back")] = False,
                 verbose: VerboseOpt = False) -> None:
     """Gate the new model, then publish one atomic, versioned release. On a refusal prints `error:`, every
     failed check and the gate table, and exits 2 (nothing is published)."""
     _setup_logging(verbose, quiet=not verbose)  # the table is rendered below, not logged a second time
-    cfg = _cfg(conf, [*(set_ or []), *(["publish.force=true"] if force else [])])
+    cfg = _cfg(conf, [*(set_ or []), *(["publish.force=true"] if force else []),
+                      *(["publish.allow_older=true"] if allow_older else [])])
     res = run_stage("publish", cfg, _date(date_), check_upstream=not no_check)
     r = res.result
     render_gate(r.gate, f"evaluation gate {r.run_date}")
@@ -304,13 +308,14 @@ def _short(v: Any) -> str:
 def status(conf: ConfOpt = None, set_: SetOpt = None,
            date_: Annotated[str | None, typer.Option("--date", "-d", help="only this run date")] = None,
            limit: Annotated[int, typer.Option(help="dates shown (newest first)")] = 7) -> None:
-    """The last run of every stage per date, from the _runs table."""
+    """The state of every stage per date, from the _runs table: success, stale (an upstream stage re-ran
+    since), running, killed / killed? (a start without an end), failed."""
     from recsys_batch.pipeline import STAGES as stages
-    from recsys_batch.runs import latest_status
+    from recsys_batch.runs import RunLog
 
     cfg = _cfg(conf, set_)
-    latest = latest_status(cfg.warehouse)
-    dates = sorted({d for _, d in latest}, reverse=True)
+    states = RunLog.read(cfg.warehouse).states(cfg.runs)
+    dates = sorted({d for _, d in states}, reverse=True)
     if date_:
         dates = [d for d in dates if d == date_]
     dates = dates[:limit]
@@ -321,21 +326,32 @@ def status(conf: ConfOpt = None, set_: SetOpt = None,
     t.add_column("stage")
     for d in dates:
         t.add_column(d)
-    colour = {"success": "green", "failed": "red"}
+    colour = {"success": "green", "failed": "red", "stale": "yellow", "running": "cyan", "killed": "red",
+              "killed?": "red"}
+    notes = []
     for st in stages:
         cells = []
         for d in dates:
-            rec = latest.get((st.name, d))
-            if rec is None:
+            s = states.get((st.name, d))
+            if s is None:
                 cells.append("-")
-            else:
-                c = colour.get(rec["status"], "white")
-                cells.append(f"[{c}]{rec['status']}[/] {rec['duration_s']:.0f}s")
+                continue
+            secs = s.run.duration_s
+            took = f" {secs:.0f}s" if secs is not None else ""
+            cells.append(f"[{colour.get(s.state, 'white')}]{s.state}[/]{took}")
+            if s.state != "success":
+                notes.append((d, st.name, s))
         t.add_row(st.name, *cells)
     console.print(t)
-    failed = [(k, v) for k, v in latest.items() if v["status"] == "failed" and k[1] in dates]
-    for (st_name, d), rec in sorted(failed):
-        console.print(f"[red]{st_name} {d}[/]: {rec['error']}", highlight=False)
+    for d, name, s in sorted(notes, key=lambda x: x[0], reverse=True):
+        c = colour.get(s.state, "white")
+        console.print(f"[{c}]{name} {d} {s.state}[/]: {'; '.join(s.reasons)}", highlight=False)
+        if s.state in ("running", "killed", "killed?") and s.not_committed:
+            console.print(f"  not committed: {', '.join(s.not_committed)}", highlight=False)
+    if notes:
+        first, last = min(d for d, _, _ in notes), max(d for d, _, _ in notes)
+        console.print(f"`recsys-batch backfill --from {first} --to {last}` re-runs what is failed, killed or "
+                      f"stale, then what is downstream of it", highlight=False)
 
 
 @app.command("backfill")
@@ -345,10 +361,12 @@ def backfill_cmd(
     to: Annotated[str, typer.Option("--to", help="last date YYYY-MM-DD (inclusive)")],
     conf: ConfOpt = None, set_: SetOpt = None,
     stages: Annotated[str | None, typer.Option(help="comma-separated stages (default: all)")] = None,
+    downstream: Annotated[bool, typer.Option("--downstream", help="also every stage downstream of --stages")] = False,
     force: Annotated[bool, typer.Option("--force", help="re-run stages already complete")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run the stages for each date in order, skipping those already complete unless --force."""
+    """Run the stages for each date in order. A stage is skipped when complete (succeeded, nothing it read
+    rewritten since); failed, killed and stale ones re-run, and so does what is downstream of them."""
     from recsys_batch.runner import backfill
 
     _setup_logging(verbose, quiet=True)
@@ -356,24 +374,34 @@ def backfill_cmd(
     names = [s.strip() for s in stages.split(",")] if stages else None
 
     def show(step: Any) -> None:
-        mark = {"ran": "[green]ran[/]", "skipped": "[dim]skipped (complete)[/]", "failed": "[red]failed[/]"}
-        extra = f" {step.seconds:.1f}s" if step.action == "ran" else f": {step.error}" if step.error else ""
+        mark = {"ran": "[green]ran[/]", "skipped": "[dim]skipped (complete)[/]", "failed": "[red]failed[/]",
+                "refused": "[yellow]refused[/]"}
+        extra = f" {step.seconds:.1f}s" if step.action == "ran" else ""
+        if step.reason and step.action != "skipped":
+            extra += f" (was {step.reason})"
+        if step.error:
+            extra += f": {step.error}"
         console.print(f"{step.run_date} {step.stage:<12} {mark[step.action]}{extra}", highlight=False)
 
-    steps = backfill(cfg, parse_date(from_), parse_date(to), names, force, on_step=show)
+    steps = backfill(cfg, parse_date(from_), parse_date(to), names, force, on_step=show, downstream=downstream)
     if steps and steps[-1].action == "failed":
         raise typer.Exit(1)
 
 
+RollbackToOpt = Annotated[str | None, typer.Option("--to", help="date YYYY-MM-DD: its newest kept release")]
+ReleaseOpt = Annotated[str | None, typer.Option(
+    "--release", help="a kept release id, e.g. 2026-05-09_20260510T030102123456Z")]
+
+
 @app.command("rollback")
 @_friendly
-def rollback_cmd(to: Annotated[str, typer.Option("--to", help="release date YYYY-MM-DD to make current")],
-                 conf: ConfOpt = None, set_: SetOpt = None) -> None:
-    """Switch the published pointer back to the newest kept release of a date."""
+def rollback_cmd(to: RollbackToOpt = None, release: ReleaseOpt = None, conf: ConfOpt = None,
+                 set_: SetOpt = None) -> None:
+    """Switch the published pointer back to a kept release: --release ID, or --to D (newest of that date)."""
     from recsys_batch.publish.release import rollback
 
     cfg = _cfg(conf, set_)
-    console.print(rollback(cfg, parse_date(to)))
+    console.print(rollback(cfg, parse_date(to) if to else None, release))
 
 
 def render_release(cfg: Config) -> None:

@@ -547,6 +547,8 @@ class PublishConfig(_Model):
     gate_max_users: int = Field(5000, ge=1)
     #: publish even if the gate refuses (the refusal and its reasons are still recorded in the manifest)
     force: bool = False
+    #: publish a date older than the live release's (moves serving back); otherwise refused -- use rollback
+    allow_older: bool = False
     seed: int = 5
 
     @model_validator(mode="after")
@@ -559,6 +561,32 @@ class PublishConfig(_Model):
             raise ValueError(f"publish.gate_metric {self.gate_metric!r} must be recall@K or ndcg@K with K in "
                              f"publish.gate_ks {self.gate_ks}")
         return self
+
+
+class RunsConfig(_Model):
+    """The ``_runs`` records (:mod:`recsys_batch.runs`)."""
+
+    #: a start record with no end record older than this is shown as ``killed?`` (and a backfill re-runs
+    #: it); younger, ``running`` (a backfill refuses to start it twice unless --force). On the recording
+    #: host a dead pid shows ``killed`` at once. Default: conf/airflow.yaml's execution_timeout_minutes.
+    stale_running_minutes: float = Field(240.0, ge=0)
+    #: per-stage overrides, e.g. {train: 720}
+    stale_running_minutes_by_stage: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("stale_running_minutes_by_stage")
+    @classmethod
+    def _known_stages(cls, v: dict[str, float]) -> dict[str, float]:
+        from recsys_batch.pipeline import STAGE_BY_NAME
+
+        bad = sorted(set(v) - set(STAGE_BY_NAME))
+        if bad:
+            raise ValueError(f"unknown stage(s) {', '.join(bad)}; stages: {', '.join(STAGE_BY_NAME)}")
+        if any(m < 0 for m in v.values()):
+            raise ValueError("minutes must be >= 0")
+        return v
+
+    def running_timeout_minutes(self, stage: str) -> float:
+        return self.stale_running_minutes_by_stage.get(stage, self.stale_running_minutes)
 
 
 class Config(_Model):
@@ -579,6 +607,7 @@ class Config(_Model):
     features: FeaturesConfig = FeaturesConfig()
     samples: SamplesConfig = SamplesConfig()
     generate: GenerateConfig = GenerateConfig()
+    runs: RunsConfig = RunsConfig()
 
     def config_hash(self) -> str:
         """Stable short hash of the effective config (run records, manifests)."""

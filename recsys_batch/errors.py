@@ -92,5 +92,9 @@ class RejectRatioExceeded(RecsysBatchError):
         )
 
 
+class OlderThanLive(RecsysBatchError):
+    """Publishing this date would replace a newer live release (rollback is the way back)."""
+
+
 class GateRefused(RecsysBatchError):
     """The evaluation gate refused to publish; carries the metric table."""

@@ -108,6 +108,36 @@ def get_stage(name: str) -> Stage:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_BY_NAME)}") from None
 
 
+def lineage(name: str) -> tuple[tuple[str, int], ...]:
+    """Every stage whose output ``name`` reads, directly or through its upstream stages, as
+    ``(stage, day offset)``: ``("ingest", 0)`` is ingest of the same date, ``("matrix", -1)`` matrix of
+    the day before (a ``prev_day`` edge). Sorted by pipeline order, then offset. The run records use it
+    to tell whether a stage's output is stale: built before one of these rewrote a table it reads."""
+    order = {s.name: i for i, s in enumerate(STAGES)}
+    seen: set[tuple[str, int]] = set()
+    todo = [(name, 0)]
+    while todo:
+        cur, off = todo.pop()
+        st = get_stage(cur)
+        for nxt in [(u, off) for u in st.upstream] + [(p, off - 1) for p in st.prev_day]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return tuple(sorted(seen, key=lambda so: (order[so[0]], -so[1])))
+
+
+def with_downstream(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``names`` plus every stage downstream of one of them (same-day edges), in pipeline order:
+    what Airflow's "clear downstream" re-runs."""
+    for n in names:
+        get_stage(n)
+    picked = set(names)
+    for s in STAGES:  # STAGES is in topological order, so one pass closes the set
+        if any(u in picked for u in s.upstream):
+            picked.add(s.name)
+    return [s.name for s in STAGES if s.name in picked]
+
+
 #: stages whose D - 1 output the publish gate reads as its leak-free baselines (``recall_itemcf`` /
 #: ``recall_popular`` of D - 1, see :mod:`recsys_batch.publish.gate`). Not a hard prerequisite of
 #: publish (the gate leaves a missing baseline out and says so); the demo builds them for D - 1.

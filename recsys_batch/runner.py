@@ -6,6 +6,7 @@ Used by the CLI and by the thin ``jobs/<stage>.py`` spark-submit entry points, s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -14,7 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from recsys_batch.config import Config, load_config
-from recsys_batch.errors import RecsysBatchError, UpstreamIncomplete
+from recsys_batch.errors import OlderThanLive, RecsysBatchError, UpstreamIncomplete
 from recsys_batch.pipeline import get_stage
 
 log = logging.getLogger(__name__)
@@ -56,60 +57,80 @@ def output_rows(result: Any) -> dict[str, int]:
     return out
 
 
-def missing_upstream(name: str, wh: Any, run_date: date) -> list[str]:
-    """Upstream stages of ``name`` without a successful run for ``run_date``, and ``prev_day`` stages
-    without one for D - 1 -- unless that stage never succeeded before D (the feed's first day, e.g. a
-    one-batch import: the stage then falls back as it documents, e.g. samples to the earliest features)."""
-    from recsys_batch.runs import SUCCESS, is_complete, latest_status
+def missing_upstream(name: str, wh: Any, run_date: date, runs: Any = None) -> list[str]:
+    """Upstream stages of ``name`` not complete for ``run_date`` (``prev_day`` ones for the day before):
+    never run, failed, running, killed, or stale (see :mod:`recsys_batch.runs`); each with its state.
+    A ``prev_day`` stage is required only once it has succeeded for some date before D (the feed's first
+    day, e.g. a one-batch import, has no D - 1: samples then falls back to the earliest features, as
+    documented in docs/features_and_samples.md)."""
+    from recsys_batch.runs import SUCCESS, RunLog
 
-    status = latest_status(wh)
+    runs = runs if runs is not None else RunLog.read(wh)
     stage = get_stage(name)
     prev = run_date - timedelta(days=1)
     day = run_date.isoformat()
-    ran_before = {s for (s, d), rec in status.items() if d < day and rec["status"] == SUCCESS}
-    return ([u for u in stage.upstream if not is_complete(wh, u, run_date, status)]
-            + [f"{u} (for {prev})" for u in stage.prev_day
-               if u in ran_before and not is_complete(wh, u, prev, status)])
+    ran_before = {st for (st, d) in runs.keys() if d < day
+                  and any(r.status == SUCCESS for r in runs._by_key.get((st, d), []))}
+    out = []
+    edges = [(u, run_date, "") for u in stage.upstream] + [
+        (u, prev, f" for {prev}") for u in stage.prev_day if u in ran_before]
+    for u, d, suffix in edges:
+        st = runs.state(u, d)
+        if not st.complete:
+            out.append(f"{u}{suffix}" if st.run is None else f"{u}{suffix} ({st.describe()})")
+    return out
 
 
 def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None, *, check_upstream: bool = True,
               record: bool = True) -> StageResult:
-    """Run one stage for one date and append its run record (success or failure) to ``_runs``.
+    """Run one stage for one date, recording it in ``_runs``: a start row before anything is written, a
+    commit row per table partition committed (from the write paths of :mod:`recsys_batch.io`), an end
+    row (success, or failed with the error). A run killed outright leaves its start and commit rows only;
+    ``status`` shows it as running / killed and ``backfill`` re-runs it.
 
-    With ``check_upstream`` the stage refuses to start unless every upstream stage has succeeded
-    for the date, and says which one is missing.
+    With ``check_upstream`` the stage refuses to start unless every upstream stage is complete for the
+    date (succeeded and not stale), and says which one is not and why.
     """
-    from recsys_batch.runs import FAILED, SUCCESS, RunRecord, append_run, now, table_version
+    from recsys_batch.runs import FAILED, RUNNING, SUCCESS, RunLog, RunRecorder, lineage_tables, table_version
 
     stage = get_stage(name)
+    runs = RunLog.read(cfg.warehouse) if (record or check_upstream) else None
     if check_upstream:
-        missing = missing_upstream(name, cfg.warehouse, run_date)
+        missing = missing_upstream(name, cfg.warehouse, run_date, runs)
         if missing:
             raise UpstreamIncomplete(
                 f"stage {name} for {run_date} needs {', '.join(missing)} to have succeeded first "
-                f"(see `recsys-batch status`); run it, or pass --no-check to override")
+                f"(see `recsys-batch status`; `recsys-batch backfill --from {run_date} --to {run_date}` "
+                f"re-runs what is incomplete or stale); run it, or pass --no-check to override")
     fn = stage.load()
-    inputs = {t: v for u in stage.upstream for t in get_stage(u).outputs
-              if (v := table_version(cfg.warehouse, t)) is not None} if record else {}
-    started, t0 = now(), time.perf_counter()
+    recorder = None
+    if record:
+        prev = runs.state(name, run_date, cfg.runs)
+        if prev.run is not None and prev.run.status == RUNNING:
+            log.warning("stage %s for %s: the previous attempt has no end record (%s); starting attempt %d",
+                        name, run_date, prev.describe(), runs.attempts(name, run_date) + 1)
+        inputs = {t: v for t in lineage_tables(name) if (v := table_version(cfg.warehouse, t)) is not None}
+        recorder = RunRecorder(cfg.warehouse, name, run_date, cfg.config_hash(), inputs,
+                               runs.attempts(name, run_date) + 1)
+        recorder.start()
+    t0 = time.perf_counter()
     log.info("stage %s for %s (config %s)", name, run_date, cfg.config_hash())
     try:
-        if stage.spark:
-            if spark is None:
-                from recsys_batch.spark import get_spark
+        with recorder if recorder is not None else contextlib.nullcontext():  # commits go to this run
+            if stage.spark:
+                if spark is None:
+                    from recsys_batch.spark import get_spark
 
-                spark = get_spark(cfg.spark)
-            result = fn(spark, cfg, run_date)
-        else:
-            result = fn(cfg, run_date)
+                    spark = get_spark(cfg.spark)
+                result = fn(spark, cfg, run_date)
+            else:
+                result = fn(cfg, run_date)
     except BaseException as e:
-        if record:
-            append_run(cfg.warehouse, RunRecord(name, run_date, started, now(), FAILED, cfg.config_hash(),
-                                                inputs, error=f"{type(e).__name__}: {e}"[:4000]))
+        if recorder is not None:
+            recorder.end(FAILED, error=f"{type(e).__name__}: {e}"[:4000])
         raise
-    if record:
-        append_run(cfg.warehouse, RunRecord(name, run_date, started, now(), SUCCESS, cfg.config_hash(),
-                                            inputs, output_rows(result)))
+    if recorder is not None:
+        recorder.end(SUCCESS, output_rows(result))
     return StageResult(name, run_date, time.perf_counter() - t0, result)
 
 
@@ -117,47 +138,71 @@ def run_stage(name: str, cfg: Config, run_date: date, spark: Any = None, *, chec
 class BackfillStep:
     run_date: date
     stage: str
-    action: str  # ran | skipped | failed
+    action: str  # ran | skipped | failed | refused
     seconds: float = 0.0
     error: str | None = None
+    #: why it ran: the state it was in (never ran / failed / killed / stale: ...; forced)
+    reason: str | None = None
 
 
 def backfill(cfg: Config, first: date, last: date, stages: list[str] | None = None, force: bool = False,
-             spark: Any = None, on_step: Any = None) -> list[BackfillStep]:
-    """Run ``stages`` (default: the whole pipeline) for every date first..last in order.
+             spark: Any = None, on_step: Any = None, downstream: bool = False) -> list[BackfillStep]:
+    """Run ``stages`` (default: the whole pipeline; with ``downstream`` also every stage downstream of
+    them) for every date first..last in order.
 
-    A stage already successful for a date is skipped unless ``force``; every run is idempotent, so a
-    forced re-run replaces the date's partitions with identical results. Stops at the first failure.
+    A stage is skipped when complete: its newest run succeeded and nothing it read has been rewritten
+    since. Everything else runs: never ran, failed, killed (a start row without an end), stale (an
+    upstream stage re-ran after it, e.g. ingest re-run for D re-runs matrix of D, then every stage
+    built on matrix -- Airflow's "clear downstream" in one command). The state is re-read before each
+    step, so a stage re-run here makes its downstream stale in turn. ``force`` re-runs everything;
+    every run is idempotent, so a forced re-run replaces the date's partitions with identical results.
+
+    A stage that looks *running* (a start row without an end, younger than runs.stale_running_minutes,
+    its process not known to be gone) is not started twice: the backfill stops there unless ``force``.
+    A publish refused because the date is older than the live release is reported (``refused``) and the
+    backfill goes on. Stops at the first other failure.
     """
-    from recsys_batch.pipeline import STAGES
-    from recsys_batch.runs import is_complete, latest_status
+    from recsys_batch.pipeline import STAGES, with_downstream
+    from recsys_batch.runs import RUNNING, RunLog
 
     names = stages or [s.name for s in STAGES]
     for n in names:
         get_stage(n)
+    if downstream:
+        names = with_downstream(names)
     steps: list[BackfillStep] = []
+
+    def emit(step: BackfillStep) -> None:
+        steps.append(step)
+        if on_step:
+            on_step(step)
+
     d = first
     while d <= last:
-        status = latest_status(cfg.warehouse)
         for n in names:
-            if not force and is_complete(cfg.warehouse, n, d, status):
-                step = BackfillStep(d, n, "skipped")
-            else:
-                if spark is None and get_stage(n).spark:
-                    from recsys_batch.spark import get_spark
+            st = RunLog.read(cfg.warehouse).state(n, d, cfg.runs)
+            if not force and st.complete:
+                emit(BackfillStep(d, n, "skipped"))
+                continue
+            if not force and st.state == RUNNING:
+                emit(BackfillStep(d, n, "failed", error=(
+                    f"{st.describe()}; not started twice: wait for it to end (or to count as killed after "
+                    f"runs.stale_running_minutes={cfg.runs.running_timeout_minutes(n):g}), or pass --force")))
+                return steps
+            reason = "forced" if force else st.describe()
+            if spark is None and get_stage(n).spark:
+                from recsys_batch.spark import get_spark
 
-                    spark = get_spark(cfg.spark)
-                try:
-                    res = run_stage(n, cfg, d, spark)
-                    step = BackfillStep(d, n, "ran", res.seconds)
-                except RecsysBatchError as e:
-                    steps.append(BackfillStep(d, n, "failed", error=str(e)))
-                    if on_step:
-                        on_step(steps[-1])
-                    return steps
-            steps.append(step)
-            if on_step:
-                on_step(step)
+                spark = get_spark(cfg.spark)
+            try:
+                res = run_stage(n, cfg, d, spark)
+            except OlderThanLive as e:
+                emit(BackfillStep(d, n, "refused", error=str(e), reason=reason))
+                continue
+            except RecsysBatchError as e:
+                emit(BackfillStep(d, n, "failed", error=str(e), reason=reason))
+                return steps
+            emit(BackfillStep(d, n, "ran", res.seconds, reason=reason))
         d += timedelta(days=1)
     return steps
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from recsys_batch.config import WarehouseConfig
 from recsys_batch.errors import MissingInput
-from recsys_batch.runs import delta_rs_uri
+from recsys_batch.runs import delta_rs_uri, record_commit
 
 log = logging.getLogger(__name__)
 DT = "dt"
@@ -97,5 +97,6 @@ def replace_partition_arrow(table: pa.Table, wh: WarehouseConfig, name: str, run
     else:
         write_deltalake(uri, table, mode="overwrite", partition_by=[DT])
     v = table_version(wh, name)
+    record_commit(name, run_date, v)  # a commit row in _runs (recsys_batch.runs)
     log.info("wrote %s dt=%s (delta version %s, %s rows)", name, d, v, f"{table.num_rows:,}")
     return int(v)

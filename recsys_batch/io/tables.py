@@ -20,6 +20,7 @@ from pyspark.sql import types as T
 from recsys_batch.config import SourceConfig, WarehouseConfig
 from recsys_batch.errors import MissingInput, SchemaError, SourceUnreadable
 from recsys_batch.io.sources import has_glob, hidden_below, is_hidden
+from recsys_batch.runs import record_commit
 from recsys_batch.schemas import Col
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,7 @@ def replace_partition(df: DataFrame, wh: WarehouseConfig, name: str, run_date: d
        .save(path))
     spark = df.sparkSession
     version = DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+    record_commit(name, run_date, version)  # a commit row in _runs: a run killed after this shows it
     rows = spark.read.format("delta").load(path).where(F.col(Col.DT) == d).count() if count else -1
     log.info("wrote %s dt=%s (delta version %s%s)", name, d, version, f", {rows:,} rows" if count else "")
     return TableStats(name, run_date, rows, path, version)

@@ -22,7 +22,9 @@ A pointer (log entry and mirror alike) is ``{"release", "run_date", "path", "swi
 **Protocol.** gate (:mod:`recsys_batch.publish.gate`: a refusal stops here; its decision, reasons and
 table go to the manifest) -> write every file of the release -> ``manifest.json`` last -> (local / HDFS:
 rename ``.staging-<id>`` to ``releases/<id>``, one atomic rename) -> verify: every checksum, size and row
-count re-read from the published filesystem -> switch the pointer -> prune. A crash or error at any step before
+count re-read from the published filesystem -> switch the pointer -> prune. A date older than the live
+release's is refused before the gate and again before the switch (:func:`check_order`) unless
+``publish.allow_older``: serving goes back only by :func:`rollback` (to any kept release, by id or date). A crash or error at any step before
 the pointer's log entry exists leaves the previous release current; a failed run removes what it wrote.
 
 **Why a pointer log.** Replacing one existing file atomically is not available everywhere: POSIX
@@ -64,7 +66,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from recsys_batch.config import Config, WarehouseConfig
-from recsys_batch.errors import MissingInput, RecsysBatchError
+from recsys_batch.errors import MissingInput, OlderThanLive, RecsysBatchError
 from recsys_batch.io import fs
 from recsys_batch.io.delta_read import read_partition, table_version
 from recsys_batch.publish.gate import DISABLED, GateResult, check_gate, gate_metrics
@@ -296,10 +298,28 @@ def prune(where: Where, keep: int, keep_pointer_entries: int = KEEP_POINTER_ENTR
     return old
 
 
+def check_order(cfg: Config, run_date: date) -> None:
+    """Refuse to publish ``run_date`` when the live release is of a later date, unless
+    ``publish.allow_older``: publishing an old date (a backfill, a late re-run) would silently move serving
+    back. Going back on purpose is :func:`rollback`. Re-publishing the live date is allowed."""
+    if cfg.publish.allow_older:
+        return
+    live = read_pointer(cfg)
+    if live and live.get("run_date") and live["run_date"] > run_date.isoformat():
+        raise OlderThanLive(
+            f"publish {run_date}: the live release {live['release']} is of {live['run_date']}, newer than "
+            f"{run_date}; publishing would move serving back to older data. To serve an older release use "
+            f"`recsys-batch rollback --release ID` (or --to DATE); to publish {run_date} anyway pass "
+            f"--allow-older (publish.allow_older=true)")
+
+
 def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> PublishResult:
-    """The publish stage for D (non-Spark); see the module docstring for the protocol."""
+    """The publish stage for D (non-Spark); see the module docstring for the protocol. Refused before
+    the gate when the live release is of a later date (:func:`check_order`), and checked again just
+    before the switch."""
     pc = cfg.publish
     force = pc.force if force is None else force
+    check_order(cfg, run_date)
     gate = GateResult(metric=pc.gate_metric, run_date=run_date.isoformat(), decision=DISABLED,
                       reason="publish.gate = false: not evaluated")
     if pc.gate:
@@ -319,6 +339,7 @@ def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> Publi
         if not in_place:
             fs.rename_dir(staging, final)
         verify_release(final)
+        check_order(cfg, run_date)  # a newer date may have been published meanwhile
     except BaseException:
         fs.rmtree(staging)
         fs.rmtree(final)
@@ -329,16 +350,27 @@ def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> Publi
                          {f"published.{k}": v for k, v in manifest["row_counts"].items()}, removed)
 
 
-def rollback(cfg: Config, to: date) -> dict[str, Any]:
-    """Point the pointer at the newest kept release of date ``to`` (verified first); a new log entry."""
+def rollback(cfg: Config, to: date | None = None, release: str | None = None) -> dict[str, Any]:
+    """Point the pointer at a kept release (verified first); a new log entry. ``release``: that release
+    id (any kept one); ``to``: the newest kept release of that date. Exactly one of the two."""
+    if (to is None) == (release is None):
+        raise RecsysBatchError("rollback: give either a date (--to D) or a release id (--release ID)")
     rels = list_releases(cfg)
-    cands = [r for r in rels if r.startswith(to.isoformat() + "_")]
-    if not cands:
-        have = sorted({r.split("_", 1)[0] for r in rels})
-        raise MissingInput(f"rollback: no release of {to} under {fs.join(published_root(cfg), 'releases')}; "
-                           f"kept releases: {', '.join(have) or '(none)'}")
-    verify_release(fs.join(published_root(cfg), "releases", cands[-1]))
-    return switch_pointer(cfg, cands[-1], to.isoformat())
+    where = fs.join(published_root(cfg), "releases")
+    if release is not None:
+        if release not in rels:
+            raise MissingInput(f"rollback: no kept release {release} under {where}; kept releases: "
+                               f"{', '.join(rels) or '(none)'}")
+        target = release
+    else:
+        cands = [r for r in rels if r.startswith(to.isoformat() + "_")]
+        if not cands:
+            have = sorted({r.split("_", 1)[0] for r in rels})
+            raise MissingInput(f"rollback: no release of {to} under {where}; "
+                               f"kept releases: {', '.join(have) or '(none)'}")
+        target = cands[-1]
+    man = verify_release(fs.join(published_root(cfg), "releases", target))
+    return switch_pointer(cfg, target, man.get("run_date") or target.split("_", 1)[0])
 
 
 def current_release(cfg: Config) -> dict[str, Any] | None:
