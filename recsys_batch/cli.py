@@ -13,6 +13,7 @@ option (after click's usage line), a :class:`RecsysBatchError` (its message in f
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import time
@@ -53,7 +54,12 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return (f"unexpected {type(exc).__name__}: {exc} -- a bug in recsys-batch; rerun with "
+    # a JVM error's text carries its whole Java stack: its first lines say what happened
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = " | ".join(lines[:3])
+    if len(lines) > 3 or len(text) > 500:
+        text = text[:500] + " ..."
+    return (f"unexpected {type(exc).__name__}: {text} -- a bug in recsys-batch; rerun with "
             f"`recsys-batch --debug ...` (or {DEBUG_ENV}=1) for the traceback")
 
 
@@ -107,6 +113,7 @@ def _root(debug: Annotated[bool, typer.Option(
         help=f"show the traceback of an error instead of one `error:` line (or {DEBUG_ENV}=1)")] = False) -> None:
     pass
 
+
 ConfOpt = Annotated[str | None, typer.Option("--conf", "-c", help="overlay in conf/ (local, cluster) or a YAML path")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, key.path=value (repeatable)")]
 DateOpt = Annotated[str | None, typer.Option("--date", "-d", help="run date YYYY-MM-DD (default: yesterday UTC)")]
@@ -128,11 +135,14 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _parse_date(value: str, flag: str) -> date:
-    """``value`` of option ``flag`` as a date; the error names the flag."""
+    """``value`` of option ``flag`` as a date; the error names the flag. Strict: Python's fromisoformat
+    alone would also take ``20261120`` or ``2026-W47-5``."""
     try:
-        return date.fromisoformat(value)
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            return date.fromisoformat(value)
     except ValueError:
-        raise RecsysBatchError(f"{flag} must be a date YYYY-MM-DD, got {value!r}") from None
+        pass
+    raise RecsysBatchError(f"{flag} must be a date YYYY-MM-DD, got {value!r}")
 
 
 def _cfg(conf: str | None, overrides: list[str] | None) -> Config:
@@ -428,10 +438,11 @@ def _stage_names(value: str) -> list[str]:
 def rollback_cmd(to: Annotated[str, typer.Option("--to", help="release date YYYY-MM-DD to make current")],
                  conf: ConfOpt = None, set_: SetOpt = None) -> None:
     """Switch the published pointer back to the newest kept release of a date."""
+    release_date = _parse_date(to, "--to")
     from recsys_batch.publish.release import rollback
 
     cfg = _cfg(conf, set_)
-    console.print(rollback(cfg, _parse_date(to, "--to")))
+    console.print(rollback(cfg, release_date))
 
 
 def render_release(cfg: Config) -> None:
