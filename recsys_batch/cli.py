@@ -142,7 +142,7 @@ def _parse_date(value: str, flag: str) -> date:
             return date.fromisoformat(value)
     except ValueError:
         pass
-    raise RecsysBatchError(f"{flag} must be a date YYYY-MM-DD, got {value!r}")
+    raise RecsysBatchError(f"{flag} must be YYYY-MM-DD, got {value!r}")
 
 
 def _cfg(conf: str | None, overrides: list[str] | None) -> Config:
