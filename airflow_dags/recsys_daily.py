@@ -7,7 +7,10 @@
   object, and the provider would add a dependency for nothing the command line cannot say.
 * Master, deploy mode, resources and the conf overlay come from a triggered run's params, then
   Airflow Variables ``recsys_<key>``, then ``conf/airflow.yaml``; retries, timeouts and pools from
-  ``conf/airflow.yaml``.
+  ``conf/airflow.yaml``. Whoever may trigger the DAG or edit Variables must not get a shell: each
+  value reaches ``bash_command`` through the macros below, which check the structured ones (master,
+  deploy mode, memory, counts, ``ds``) against a pattern and ``shlex.quote`` every one (``extra_args``
+  is split into words and each word quoted), so ``; rm ...`` or ``$(...)`` arrive as literal arguments.
 * ``max_active_runs=1``: the retrain is warm-started from the previous day. ``catchup`` is off;
   backfills are explicit (``recsys-batch backfill`` or ``airflow dags backfill``).
 
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
 from airflow.providers.standard.operators.bash import BashOperator
@@ -39,40 +44,92 @@ BIN = str(Path(PYTHON).parent)
 log = logging.getLogger(__name__)
 
 
-def _setting(key: str) -> str:
-    """Jinja: the run's param, else the Airflow Variable recsys_<key>, else conf/airflow.yaml."""
-    return "{{ params.%s or var.value.get('recsys_%s', '%s') }}" % (key, key, SUBMIT[key])
+#: what a resolved setting must look like, whichever source it came from (a triggered run's params are
+#: also checked against these when the run is created). Free-text settings (the overlay, jars, py_files,
+#: extra_args) are not restricted: every one is shell-quoted instead.
+PATTERNS = {
+    "master": r"^(local(\[[0-9*]+(,[0-9]+)?\])?|yarn|(spark|mesos|k8s)://[A-Za-z0-9._:/\[\]@%,+-]+)$",
+    "deploy_mode": r"^(client|cluster)$",
+    "driver_memory": r"^[0-9]+[kKmMgGtTpP]?[bB]?$",
+    "executor_memory": r"^[0-9]+[kKmMgGtTpP]?[bB]?$",
+    "executor_cores": r"^[0-9]+$",
+    "num_executors": r"^[0-9]+$",
+}
+DS_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
-def _default_jars() -> str:
-    return str(REPO / ".jars" / "*.jar")  # spark-submit expands the glob itself
+def setting(key: str, params: Any, variables: Any) -> str:
+    """The run's param ``key``, else the Airflow Variable ``recsys_<key>``, else conf/airflow.yaml; checked
+    against :data:`PATTERNS` (a ``ValueError`` fails the task before its command runs)."""
+    value = (params or {}).get(key) or variables.get(f"recsys_{key}", None) or SUBMIT[key]
+    if key == "jars" and not value:
+        value = str(REPO / ".jars" / "*.jar")  # quoted below, so spark-submit expands the glob itself
+    value = str(value)
+    if key in PATTERNS and not re.fullmatch(PATTERNS[key], value):
+        raise ValueError(f"recsys_daily: {key}={value!r} (run param or Variable recsys_{key}) does not match "
+                         f"{PATTERNS[key]}")
+    return value
+
+
+def sh_arg(key: str, params: Any, variables: Any) -> str:
+    """Jinja macro: one setting as a single shell word."""
+    return shlex.quote(setting(key, params, variables))
+
+
+def sh_option(flag: str, key: str, params: Any, variables: Any) -> str:
+    """Jinja macro: ``flag 'value'``, or nothing when the setting is empty."""
+    value = setting(key, params, variables)
+    return f"{flag} {shlex.quote(value)}" if value else ""
+
+
+def sh_args(key: str, params: Any, variables: Any) -> str:
+    """Jinja macro: a setting holding several arguments (``extra_args``), split like a shell would and
+    each word quoted again: no operator, substitution or redirection survives."""
+    return " ".join(shlex.quote(a) for a in shlex.split(setting(key, params, variables)))
+
+
+def sh_ds(ds: Any) -> str:
+    """Jinja macro: the run date, checked to be a date YYYY-MM-DD."""
+    value = str(ds)
+    try:
+        if re.fullmatch(DS_PATTERN, value) and date.fromisoformat(value):
+            return value
+    except ValueError:
+        pass
+    raise ValueError(f"recsys_daily: ds={ds!r} is not a date YYYY-MM-DD")
+
+
+MACROS = {"recsys_arg": sh_arg, "recsys_option": sh_option, "recsys_args": sh_args, "recsys_ds": sh_ds}
+
+
+def _arg(key: str) -> str:
+    return "{{ recsys_arg('%s', params, var.value) }}" % key
 
 
 def spark_command(job_file: str) -> str:
-    jars = _setting("jars") if SUBMIT["jars"] else "{{ params.jars or var.value.get('recsys_jars', '%s') }}" % _default_jars()
     parts = [
         "spark-submit",
-        f"--master '{_setting('master')}'",
-        f"--deploy-mode {_setting('deploy_mode')}",
-        f"--driver-memory {_setting('driver_memory')}",
-        f"--executor-memory {_setting('executor_memory')}",
-        f"--executor-cores {_setting('executor_cores')}",
-        f"--num-executors {_setting('num_executors')}",
+        f"--master {_arg('master')}",
+        f"--deploy-mode {_arg('deploy_mode')}",
+        f"--driver-memory {_arg('driver_memory')}",
+        f"--executor-memory {_arg('executor_memory')}",
+        f"--executor-cores {_arg('executor_cores')}",
+        f"--num-executors {_arg('num_executors')}",
         f"--conf spark.pyspark.python={shlex.quote(PYTHON)}",
-        f"--jars '{jars}'",
-        "{% if params.py_files or var.value.get('recsys_py_files', '') %}--py-files "
-        + _setting("py_files") + "{% endif %}",
-        _setting("extra_args"),
+        f"--jars {_arg('jars')}",
+        "{{ recsys_option('--py-files', 'py_files', params, var.value) }}",
+        "{{ recsys_args('extra_args', params, var.value) }}",
         shlex.quote(str(REPO / "jobs" / job_file)),
-        "--date {{ ds }}",
-        f"--conf {_setting('conf_overlay')}",
+        "--date {{ recsys_ds(ds) }}",
+        f"--conf {_arg('conf_overlay')}",
         "--set spark.master=null",
     ]
     return " ".join(parts)
 
 
 def python_command(job_file: str) -> str:
-    return f"{shlex.quote(PYTHON)} {shlex.quote(str(REPO / 'jobs' / job_file))} --date {{{{ ds }}}} --conf {_setting('conf_overlay')}"
+    return (f"{shlex.quote(PYTHON)} {shlex.quote(str(REPO / 'jobs' / job_file))} --date {{{{ recsys_ds(ds) }}}} "
+            f"--conf {_arg('conf_overlay')}")
 
 
 def on_failure(context) -> None:  # noqa: ANN001
@@ -90,7 +147,9 @@ with DAG(
     max_active_runs=DAG_CFG["max_active_runs"],
     tags=DAG_CFG["tags"],
     params={k: Param(None, type=["null", "string"], description=f"spark-submit {k} (default: Variable "
-                     f"recsys_{k}, then conf/airflow.yaml: {v!r})") for k, v in SUBMIT.items()},
+                     f"recsys_{k}, then conf/airflow.yaml: {v!r})", **({"pattern": f"^$|{PATTERNS[k]}"} if k in PATTERNS else {}))
+            for k, v in SUBMIT.items()},
+    user_defined_macros=MACROS,
     default_args={
         "retries": DAG_CFG["retries"],
         "retry_delay": timedelta(minutes=DAG_CFG["retry_delay_minutes"]),

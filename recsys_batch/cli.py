@@ -1,36 +1,118 @@
 """The ``recsys-batch`` command. Renders tables and progress; the work happens in the stages.
 
 Every command takes ``--conf`` (overlay name or YAML path), ``--set key.path=value`` (repeatable) and,
-where it processes a day, ``--date YYYY-MM-DD`` (default: yesterday, UTC). Errors a user can act on
-are printed without a traceback and exit with status 2.
+where it processes a day, ``--date YYYY-MM-DD`` (default: yesterday, UTC).
+
+Every failure ends in exactly one ``error: ...`` line on stderr and exit status 2: a bad argument or
+option (after click's usage line), a :class:`RecsysBatchError` (its message in full), an ``OSError``
+(the path and the reason). Anything else is a bug: by default it is still one ``error: unexpected
+<Type>: ...`` line naming the way to see the traceback, which ``recsys-batch --debug <command> ...`` or
+``RECSYS_BATCH_DEBUG=1`` show (``--debug`` re-raises every error, so a user error shows its traceback too).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from datetime import date, timedelta
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from recsys_batch.config import Config, load_config
-from recsys_batch.errors import GateRefused, RecsysBatchError
+from recsys_batch.errors import GateRefused, MissingInput, RecsysBatchError
 from recsys_batch.pipeline import GATE_BASELINE_STAGES, STAGES
-from recsys_batch.runner import default_run_date, output_rows, parse_date, run_stage
+from recsys_batch.runner import default_run_date, output_rows, run_stage
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Offline daily pipeline of a recommender system (Spark + Delta Lake + PyTorch).")
 console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True)
+DEBUG_ENV = "RECSYS_BATCH_DEBUG"
+#: click's base of usage errors (typer >= 0.20 ships its own copy of click, older versions use click's)
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _fail(message: str) -> NoReturn:
+    """The one way a command fails: ``error: <message>`` on stderr (printed as text, never as rich markup,
+    and not re-wrapped) and exit status 2."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecsysBatchError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    # a JVM error's text carries its whole Java stack: its first lines say what happened
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = " | ".join(lines[:3])
+    if len(lines) > 3 or len(text) > 500:
+        text = text[:500] + " ..."
+    return (f"unexpected {type(exc).__name__}: {text} -- a bug in recsys-batch; rerun with "
+            f"`recsys-batch --debug ...` (or {DEBUG_ENV}=1) for the traceback")
+
+
+class _CliGroup(TyperGroup):
+    """The ``recsys-batch`` group: turns every failure into :func:`_fail`'s one line and exit 2."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, _USAGE_ERROR):
+            raise
+        except Exception as e:  # a RecsysBatchError, an OSError, or a bug (see the module doc)
+            if ctx.params.get("debug"):
+                raise
+            _fail(_describe(e))
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except _USAGE_ERROR as e:
+            ctx = getattr(e, "ctx", None)
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `recsys-batch`: the help
+                e.show()
+                sys.exit(e.exit_code)
+            if ctx is not None:  # click's usage line and where the help is, then one error line
+                err_console.print(ctx.get_usage(), highlight=False, markup=False, soft_wrap=True)
+                err_console.print(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.",
+                                  highlight=False, markup=False, soft_wrap=True)
+            try:
+                _fail(e.format_message())
+            except typer.Exit as done:
+                sys.exit(done.exit_code)
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_CliGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="Offline daily pipeline of a recommender system (Spark + Delta Lake + PyTorch).")
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option(
+        "--debug", envvar=DEBUG_ENV,
+        help=f"show the traceback of an error instead of one `error:` line (or {DEBUG_ENV}=1)")] = False) -> None:
+    pass
+
 
 ConfOpt = Annotated[str | None, typer.Option("--conf", "-c", help="overlay in conf/ (local, cluster) or a YAML path")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override, key.path=value (repeatable)")]
@@ -48,17 +130,19 @@ def _setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a RecsysBatchError as one clear message and exit 2 (no traceback)."""
+    """Kept as a marker on every command; the errors themselves are handled once, by :class:`_CliGroup`."""
+    return fn
 
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RecsysBatchError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2) from None
 
-    return wrapper
+def _parse_date(value: str, flag: str) -> date:
+    """``value`` of option ``flag`` as a date; the error names the flag. Strict: Python's fromisoformat
+    alone would also take ``20261120`` or ``2026-W47-5``."""
+    try:
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            return date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise RecsysBatchError(f"{flag} must be YYYY-MM-DD, got {value!r}")
 
 
 def _cfg(conf: str | None, overrides: list[str] | None) -> Config:
@@ -66,7 +150,18 @@ def _cfg(conf: str | None, overrides: list[str] | None) -> Config:
 
 
 def _date(value: str | None) -> date:
-    return parse_date(value) if value else default_run_date()
+    return _parse_date(value, "--date") if value else default_run_date()
+
+
+def _local_root(cfg: Config) -> Path | None:
+    """The warehouse root as a local folder (None for a Hadoop URI); an error if it does not exist."""
+    root = cfg.warehouse.root
+    if "://" in root:
+        return None
+    if not Path(root).is_dir():
+        raise MissingInput(f"warehouse.root {root} does not exist (resolved: {Path(root).resolve()}); "
+                           f"pass the right --conf or --set warehouse.root=...")
+    return Path(root)
 
 
 def render_result(title: str, result: Any) -> None:
@@ -283,8 +378,13 @@ def show(table: Annotated[str, typer.Argument(help="table name, e.g. user_item_m
     from recsys_batch.spark import get_spark
 
     cfg = _cfg(conf, set_)
+    run_date = _date(date_) if date_ else None
+    root = _local_root(cfg)
+    if root is not None and not (root / "delta" / table / "_delta_log").is_dir():
+        tables = sorted(p.parent.name for p in (root / "delta").glob("*/_delta_log"))
+        raise MissingInput(f"no table {table!r} in {root / 'delta'}; tables there: {', '.join(tables) or '(none)'}")
     spark = get_spark(cfg.spark)
-    df = read_table(spark, cfg.warehouse, table, _date(date_) if date_ else None)
+    df = read_table(spark, cfg.warehouse, table, run_date)
     console.print(f"{table}: {df.count():,} rows")
     _print_df(df, limit)
 
@@ -314,10 +414,14 @@ def status(conf: ConfOpt = None, set_: SetOpt = None,
     from recsys_batch.runs import RunLog
 
     cfg = _cfg(conf, set_)
+    only = _parse_date(date_, "--date").isoformat() if date_ else None
+    if limit < 1:
+        raise RecsysBatchError(f"--limit must be at least 1, got {limit}")
+    _local_root(cfg)
     states = RunLog.read(cfg.warehouse).states(cfg.runs)
     dates = sorted({d for _, d in states}, reverse=True)
-    if date_:
-        dates = [d for d in dates if d == date_]
+    if only:
+        dates = [d for d in dates if d == only]
     dates = dates[:limit]
     if not dates:
         console.print(f"no runs recorded in {cfg.warehouse.table_path('_runs')}")
@@ -370,8 +474,12 @@ def backfill_cmd(
     from recsys_batch.runner import backfill
 
     _setup_logging(verbose, quiet=True)
+    first, last = _parse_date(from_, "--from"), _parse_date(to, "--to")
+    if first > last:
+        raise RecsysBatchError(f"--from {first} is after --to {last}: no date to run (--to is the last date, "
+                               f"inclusive)")
+    names = _stage_names(stages) if stages is not None else None
     cfg = _cfg(conf, set_)
-    names = [s.strip() for s in stages.split(",")] if stages else None
 
     def show(step: Any) -> None:
         mark = {"ran": "[green]ran[/]", "skipped": "[dim]skipped (complete)[/]", "failed": "[red]failed[/]",
@@ -383,9 +491,20 @@ def backfill_cmd(
             extra += f": {step.error}"
         console.print(f"{step.run_date} {step.stage:<12} {mark[step.action]}{extra}", highlight=False)
 
-    steps = backfill(cfg, parse_date(from_), parse_date(to), names, force, on_step=show, downstream=downstream)
+    steps = backfill(cfg, first, last, names, force, on_step=show, downstream=downstream)
     if steps and steps[-1].action == "failed":
-        raise typer.Exit(1)
+        _fail(f"backfill stopped at {steps[-1].stage} for {steps[-1].run_date}: {steps[-1].error}")
+
+
+def _stage_names(value: str) -> list[str]:
+    """``--stages a,b`` as stage names (``check-input`` is ``check_input``); an error names the unknown ones."""
+    known = [s.name for s in STAGES]
+    names = [n.strip().replace("-", "_") for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        what = f"unknown stage(s) {', '.join(map(repr, unknown))}" if unknown else f"no stage in {value!r}"
+        raise RecsysBatchError(f"--stages: {what}; stages: {', '.join(known)}")
+    return names
 
 
 RollbackToOpt = Annotated[str | None, typer.Option("--to", help="date YYYY-MM-DD: its newest kept release")]
@@ -398,10 +517,11 @@ ReleaseOpt = Annotated[str | None, typer.Option(
 def rollback_cmd(to: RollbackToOpt = None, release: ReleaseOpt = None, conf: ConfOpt = None,
                  set_: SetOpt = None) -> None:
     """Switch the published pointer back to a kept release: --release ID, or --to D (newest of that date)."""
+    release_date = _parse_date(to, "--to") if to else None
     from recsys_batch.publish.release import rollback
 
     cfg = _cfg(conf, set_)
-    console.print(rollback(cfg, parse_date(to) if to else None, release))
+    console.print(rollback(cfg, release_date, release))
 
 
 def render_release(cfg: Config) -> None:
@@ -426,10 +546,45 @@ def render_release(cfg: Config) -> None:
         console.print(f"index: {idx}")
 
 
+#: written into a warehouse root the demo creates; `demo --fresh` deletes only a folder holding it (or with --yes)
+DEMO_MARKER = ".recsys-batch-demo"
+
+
+def prepare_demo_root(root: str, *, fresh: bool, yes: bool = False) -> None:
+    """Make the demo's local warehouse root. With ``fresh`` an existing one is deleted first, but only if
+    an earlier demo created it (it holds :data:`DEMO_MARKER`), it is empty, or ``yes``; never the current
+    folder, one of its parents or the home folder. A root the demo creates gets the marker. Hadoop URIs
+    are left alone."""
+    if "://" in root:
+        return
+    path = Path(root)
+    if fresh and path.exists():
+        full = path.resolve()
+        if not path.is_dir():
+            raise RecsysBatchError(f"warehouse.root {root} is a file, not a folder")
+        marked, empty = (path / DEMO_MARKER).is_file(), not any(path.iterdir())
+        if not (marked or empty or yes):
+            raise RecsysBatchError(
+                f"demo --fresh would delete {full}, which the demo did not create (no {DEMO_MARKER} in it); "
+                f"pass --yes to delete it anyway, --keep to build on it, or --set warehouse.root=<new folder>")
+        if full == Path.home().resolve() or full in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+            raise RecsysBatchError(f"demo --fresh refuses to delete {full}: it is the home folder, the current "
+                                   f"folder or one of its parents")
+        if not empty:
+            shutil.rmtree(path)
+    if not path.exists() or (fresh and not any(path.iterdir())):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / DEMO_MARKER).write_text("created by `recsys-batch demo`; `recsys-batch demo --fresh` deletes this "
+                                        "folder\n")
+
+
 @app.command("demo")
 @_friendly
 def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
-         fresh: Annotated[bool, typer.Option("--fresh/--keep", help="wipe the local warehouse first")] = True,
+         fresh: Annotated[bool, typer.Option("--fresh/--keep", help=(
+             "delete the local warehouse root first: only a folder an earlier demo created (it holds a "
+             ".recsys-batch-demo file), unless --yes"))] = True,
+         yes: Annotated[bool, typer.Option("--yes", help="let --fresh delete a warehouse root the demo did not create")] = False,
          rows: Annotated[int, typer.Option(help="sample rows printed per table")] = 3,
          verbose: VerboseOpt = False) -> None:
     """End to end on the embedded default: generate -> ingest every day -> every later stage for the last day,
@@ -452,8 +607,7 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     end = _date(date_)
     days = [end - timedelta(days=i) for i in range(cfg.generate.days - 1, -1, -1)]
     root = cfg.warehouse.root
-    if fresh and "://" not in root and Path(root).exists():
-        shutil.rmtree(root)
+    prepare_demo_root(root, fresh=fresh, yes=yes)
     timings: list[tuple[str, float, str]] = []
     results: dict[str, Any] = {}
     refused: GateRefused | None = None

@@ -1,9 +1,11 @@
-"""The daily DAG: loads cleanly, has the pipeline's task graph, and runs end to end with `airflow dags test`."""
+"""The daily DAG: loads cleanly, has the pipeline's task graph, passes params and Variables to its commands as
+literal arguments (never as shell), and runs end to end with `airflow dags test`."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +65,174 @@ def test_dag_file_imports_no_pyspark_or_torch(tmp_path):
         tmp_path,
     )
     assert out == "(False, False)"
+
+
+#: what an operator could type into a trigger form or an Airflow Variable; {m} is a file the shell would create
+INJECTIONS = ["x; touch {m}", "$(touch {m})", "`touch {m}`", "x && touch {m} #", "x' ; touch {m} ; '", "x\ntouch {m}",
+              "x > {m}"]
+FREE_TEXT = ("conf_overlay", "jars", "py_files", "extra_args")
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    """``spark-submit`` and ``python`` stand-ins that record their argv (NUL-separated) in $ARGV_LOG."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    for name in ("spark-submit", "python"):
+        (fake / name).write_text('#!/bin/sh\nprintf \'%s\\0\' "$0" "$@" > "$ARGV_LOG"\n')
+        (fake / name).chmod(0o755)
+    return fake
+
+
+def _argv(log: Path) -> list[str]:
+    return log.read_text().split("\0")[:-1]
+
+
+def _expected_argv(fake: Path, task: str, ds: str, values: dict[str, str]) -> list[str]:
+    import yaml
+
+    from recsys_batch.pipeline import get_stage
+
+    st = get_stage(task)
+    job = str(REPO / "jobs" / st.job_file)
+    if not st.spark:
+        return [str(fake / "python"), job, "--date", ds, "--conf", values["conf_overlay"]]
+    d = yaml.safe_load((REPO / "conf" / "airflow.yaml").read_text())["spark_submit"]
+    return [str(fake / "spark-submit"), "--master", d["master"], "--deploy-mode", d["deploy_mode"],
+            "--driver-memory", d["driver_memory"], "--executor-memory", d["executor_memory"],
+            "--executor-cores", str(d["executor_cores"]), "--num-executors", str(d["num_executors"]),
+            "--conf", f"spark.pyspark.python={fake / 'python'}", "--jars", values["jars"],
+            "--py-files", values["py_files"], *shlex.split(values["extra_args"]), job, "--date", ds,
+            "--conf", values["conf_overlay"], "--set", "spark.master=null"]
+
+
+_RENDER = """
+import json, runpy, sys
+cases = json.loads(sys.argv[1])
+g = runpy.run_path(sys.argv[2])
+dag = g["dag"]
+env = dag.get_template_env()
+
+class Variables:  # the template's var.value
+    def __init__(self, values):
+        self.values = values
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+out = []
+for case in cases:
+    params = {k: None for k in g["SUBMIT"]}
+    params.update(case["params"])
+    ctx = {"params": params, "ds": case["ds"], "var": {"value": Variables(case["variables"])}}
+    cmds, errors = {}, {}
+    for t in dag.tasks:
+        try:
+            cmds[t.task_id] = t.render_template(t.bash_command, ctx, env)
+        except Exception as e:
+            errors[t.task_id] = f"{type(e).__name__}: {e}"
+    out.append({"cmds": cmds, "errors": errors})
+print(json.dumps(out))
+"""
+
+
+def _render(cases: list[dict], home: Path, fake: Path) -> list[dict]:
+    env = {**_airflow_env(home), "RECSYS_BATCH_PYTHON": str(fake / "python")}
+    res = subprocess.run([sys.executable, "-c", _RENDER, json.dumps(cases), str(DAGS / "recsys_daily.py")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_params_and_variables_reach_the_commands_as_literal_arguments(tmp_path):
+    """Render every task's bash_command with hostile params (a triggered run) or Variables, run it through
+    bash with recording stand-ins for spark-submit and python: nothing is executed, each value arrives
+    as exactly the argument(s) it spells."""
+    fake = _fake_bin(tmp_path)
+    marker = tmp_path / "pwned"
+    ds = "2026-11-20"
+    cases, expected = [], []
+    for i, inj in enumerate(INJECTIONS):
+        values = {k: ("" if k == "extra_args" else f"{k}-") + inj.format(m=marker) for k in FREE_TEXT}
+        via_params = i % 2 == 0  # alternate: trigger params, then Airflow Variables recsys_<key>
+        cases.append({"ds": ds, "params": values if via_params else {},
+                      "variables": {} if via_params else {f"recsys_{k}": v for k, v in values.items()}})
+        expected.append(values)
+    rendered = _render(cases, tmp_path, fake)
+    work = tmp_path / "work"
+    work.mkdir()
+    n = 0
+    for case, values in zip(rendered, expected, strict=True):
+        assert case["errors"] == {}
+        assert set(case["cmds"]) == {s.name for s in STAGES}
+        for task, cmd in case["cmds"].items():
+            log = tmp_path / f"argv{n}"
+            n += 1
+            run = subprocess.run(["bash", "-c", cmd], cwd=work, capture_output=True, text=True, timeout=60,
+                                 env={"PATH": f"{fake}:/usr/bin:/bin", "ARGV_LOG": str(log)})
+            assert run.returncode == 0, (task, cmd, run.stderr)
+            assert list(tmp_path.glob("pwned*")) == [], (task, cmd)
+            assert _argv(log) == _expected_argv(fake, task, ds, values), (task, cmd)
+    assert sorted(p.name for p in work.iterdir()) == []
+
+
+def test_structured_settings_and_ds_are_validated(tmp_path):
+    """master, deploy mode, memory and counts must match their pattern whichever source set them, and ds
+    must be a date: a bad value fails the task at render time, naming the setting."""
+    fake = _fake_bin(tmp_path)
+    marker = tmp_path / "pwned"
+    keys = ("master", "deploy_mode", "driver_memory", "executor_memory", "executor_cores", "num_executors")
+    cases = []
+    for k in keys:
+        cases.append({"ds": "2026-11-20", "params": {k: f"2; touch {marker}"}, "variables": {}})
+        cases.append({"ds": "2026-11-20", "params": {}, "variables": {f"recsys_{k}": f"$(touch {marker})"}})
+    cases.append({"ds": f"2026-11-20; touch {marker}", "params": {}, "variables": {}})
+    cases.append({"ds": "2026-13-45", "params": {}, "variables": {}})
+    good = {"ds": "2026-11-20", "params": {"master": "spark://h1:7077,h2:7077", "deploy_mode": "cluster",
+                                            "driver_memory": "512m", "executor_cores": "4"},
+            "variables": {"recsys_master": "yarn", "recsys_num_executors": "10", "recsys_executor_memory": "2G"}}
+    rendered = _render([*cases, good], tmp_path, fake)
+    spark_tasks = {s.name for s in STAGES if s.spark}
+    for case, got in zip(cases[: 2 * len(keys)], rendered, strict=False):
+        key = next(iter(case["params"] or {k[len("recsys_"):]: v for k, v in case["variables"].items()}))
+        assert set(got["errors"]) == spark_tasks, key  # python tasks do not take spark-submit settings
+        assert all(f"ValueError: recsys_daily: {key}=" in e for e in got["errors"].values()), got["errors"]
+    for got in rendered[2 * len(keys): -1]:
+        assert set(got["errors"]) == {s.name for s in STAGES}
+        assert all("recsys_daily: ds=" in e and "is not a date YYYY-MM-DD" in e for e in got["errors"].values())
+    ok = rendered[-1]
+    assert ok["errors"] == {}
+    assert shlex.split(ok["cmds"]["matrix"])[1:9] == ["--master", "spark://h1:7077,h2:7077", "--deploy-mode", "cluster",
+                                                      "--driver-memory", "512m", "--executor-memory", "2G"]
+    assert shlex.split(ok["cmds"]["matrix"])[9:13] == ["--executor-cores", "4", "--num-executors", "10"]
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_airflow_tasks_test_passes_hostile_params_and_variables_as_arguments(tmp_path):
+    """The real thing: `airflow tasks test` renders and runs a Spark task and a python task with a hostile
+    run param and a hostile Variable (AIRFLOW_VAR_RECSYS_EXTRA_ARGS); the recording stand-ins get them as
+    literal arguments and no file appears."""
+    fake = _fake_bin(tmp_path)
+    home = tmp_path / "airflow"
+    home.mkdir()
+    marker = tmp_path / "pwned"
+    env = {**_airflow_env(home), "RECSYS_BATCH_PYTHON": str(fake / "python")}
+    mig = subprocess.run(["airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    assert mig.returncode == 0, mig.stderr[-3000:]
+    overlay, extra = f"local; touch {marker}", f"--name $(touch {marker})"
+    for task in ("check_input", "matrix"):
+        log = tmp_path / f"argv-{task}"
+        run = subprocess.run(
+            ["airflow", "tasks", "test", "recsys_daily", task, "2026-11-20", "-t", json.dumps({"conf_overlay": overlay})],
+            env={**env, "ARGV_LOG": str(log), "AIRFLOW_VAR_RECSYS_EXTRA_ARGS": extra}, cwd=tmp_path,
+            capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+        values = {"conf_overlay": overlay, "jars": str(REPO / ".jars" / "*.jar"), "py_files": "", "extra_args": extra}
+        want = _expected_argv(fake, task, "2026-11-20", values)
+        if task == "matrix":  # empty py_files: no --py-files option at all
+            i = want.index("--py-files")
+            del want[i: i + 2]
+        assert _argv(log) == want
+    assert not marker.exists()
 
 
 #: stages the e2e test builds in-process (warm JVM) and Airflow marks successful instead of re-running them;
