@@ -379,7 +379,6 @@ def _stage_recall_shard(spark, tmp_path) -> pa.Table:
     from datetime import datetime, timezone
 
     from recsys_batch.config import Config, FeaturesConfig, SamplesConfig, WarehouseConfig
-    from recsys_batch.samples.common import label_day_events
     from recsys_batch.samples.shards import write_shards as stage_write_shards
     from recsys_batch.samples.stage import build_samples
     from recsys_batch.schemas import EVENTS, RANK_LOGS, item_features_schema, user_features_schema
@@ -417,7 +416,17 @@ def _stage_recall_shard(spark, tmp_path) -> pa.Table:
     cfg = Config(warehouse=WarehouseConfig(root=str(tmp_path / "wh")),
                  samples=SamplesConfig(negatives_per_positive=4, hard_negative_ratio=0.25, easy_oversample=4.0,
                                        hot_item_share_threshold=None, rows_per_file=1000))
-    recall, _ = build_samples(label_day_events(events, d, cfg.events.weights), rank_logs, uf, itf, None, d, cfg)
+    from datetime import timedelta
+
+    from pyspark.sql import functions as F
+
+    from recsys_batch.samples.common import Snapshot, plan_frame, window_label_events
+
+    prev = (d - timedelta(days=1)).isoformat()  # features of D - 1: the exact point-in-time snapshot
+    plan = plan_frame(spark, {d: Snapshot(d - timedelta(days=1), "exact")})
+    recall, _ = build_samples(window_label_events(events, d, d, cfg.events.weights), rank_logs,
+                              uf.withColumn("dt", F.lit(prev)), itf.withColumn("dt", F.lit(prev)), plan, itf, None,
+                              d, cfg)
     stage_write_shards(recall, cfg.warehouse, "recall", d, cfg.samples, ["group_id", "item_id", "source"])
     folder = tmp_path / "wh" / "samples" / "recall" / "dt=2026-11-20"
     return pq.read_table(sorted(folder.glob("part-*.parquet"))[0])
