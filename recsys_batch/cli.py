@@ -12,6 +12,8 @@ option (after click's usage line), a :class:`RecsysBatchError` (its message in f
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import re
 import shutil
@@ -25,6 +27,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
@@ -184,13 +187,22 @@ def render_result(title: str, result: Any) -> None:
                 reasons = ", ".join(f"{k}={v:,}" for k, v in sorted(r.rejected.items(), key=lambda kv: -kv[1]))
                 t.add_row(r.table, r.source, f"{r.total:,}", f"{r.valid:,}", f"{r.n_rejected:,}", reasons or "-")
         console.print(t)
-    elif hasattr(first, "rows") and hasattr(first, "path"):  # TableStats
+    elif hasattr(first, "table") and hasattr(first, "rows") and hasattr(first, "path"):  # TableStats
         t = Table(title=title)
         for c in ("table", "dt", "rows", "delta version", "path"):
             t.add_column(c, justify="right" if c in ("rows", "delta version") else "left")
         for s in rows:
             t.add_row(s.table, s.run_date.isoformat(), f"{s.rows:,}", str(s.version), s.path)
         console.print(t)
+    elif dataclasses.is_dataclass(first):  # a stage report (index, train, ...): one field per row
+        for r in rows:
+            t = Table(title=f"{title}: {type(r).__name__}")
+            t.add_column("field")
+            t.add_column("value", overflow="fold")
+            for f in dataclasses.fields(r):
+                v = getattr(r, f.name)
+                t.add_row(f.name, f"{v:.4f}" if isinstance(v, float) else str(v))
+            console.print(t)
     else:
         console.print(result)
 
@@ -493,7 +505,8 @@ def backfill_cmd(
             extra += f" (was {step.reason})"
         if step.error:
             extra += f": {step.error}"
-        console.print(f"{step.run_date} {step.stage:<12} {mark[step.action]}{extra}", highlight=False)
+        # the reason and the error are plain text (they may hold [brackets]): only the mark is markup
+        console.print(f"{step.run_date} {step.stage:<12} {mark[step.action]}{rich_escape(extra)}", highlight=False)
 
     steps = backfill(cfg, first, last, names, force, on_step=show, downstream=downstream)
     if steps and steps[-1].action == "failed":

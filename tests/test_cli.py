@@ -187,6 +187,31 @@ def test_backfill_that_stops_at_a_failed_stage_exits_2(monkeypatch):
     assert "2026-11-20 ingest       ran 1.0s" in res.stdout and "2026-11-20 matrix       failed" in res.stdout
 
 
+def test_backfill_prints_bracketed_errors_verbatim(monkeypatch):
+    import recsys_batch.runner as runner
+
+    def fake_backfill(cfg, first, last, names, force, on_step=None, **kw):
+        steps = [runner.BackfillStep(first, "matrix", "failed", reason="stale: [ingest re-ran]",
+                                     error="column [ts] of events: 3 rows [dt=2026-11-20]")]
+        for s in steps:
+            on_step(s)
+        return steps
+
+    monkeypatch.setattr(runner, "backfill", fake_backfill)
+    res = invoke("backfill", "--from", "2026-11-20", "--to", "2026-11-20", "--stages", "matrix")
+    assert ("2026-11-20 matrix       failed (was stale: [ingest re-ran]): column [ts] of events: 3 rows "
+            "[dt=2026-11-20]") in res.stdout
+
+
+def test_stage_reports_render_as_field_tables(capsys):
+    from recsys_batch.index.build import IndexReport
+
+    cli.render_result("index 2026-11-20", IndexReport("hnsw", 1200, 32, 0.5, {"m": 32}, 100, recall=0.987,
+                                                     rows=240_000, path="/wh/index"))
+    out = capsys.readouterr().out
+    assert "IndexReport" in out and "hnsw" in out and "0.9870" in out and "240000" in out
+
+
 def test_backfill_accepts_command_spelled_stage_names(monkeypatch):
     import recsys_batch.runner as runner
 
