@@ -90,11 +90,13 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "evaluate", "recsys_batch.evaluation.evaluate:run_evaluate", upstream=("recall", "index"),
-        doc="offline Recall/HitRate/NDCG/MRR, coverage, novelty of the recall channels on a held-out split",
+        doc="offline Recall/HitRate/NDCG/MRR, user and catalog coverage, novelty: the published recall tables of D "
+            "against what users did after D (evaluate.truth_days or truth_path), and the channels rebuilt on a split",
     ),
     Stage(
         "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate",), spark=False,
-        doc="gate the new model against yesterday's, then publish one atomic, versioned release",
+        doc="gate the new model (refused below popular on the held-out hours, below yesterday's model beyond the "
+            "tolerance, or on fewer than publish.gate_min_users users), then publish one atomic, versioned release",
     ),
 )
 
@@ -140,5 +142,7 @@ def with_downstream(names: list[str] | tuple[str, ...]) -> list[str]:
 
 #: stages whose D - 1 output the publish gate reads as its leak-free baselines (``recall_itemcf`` /
 #: ``recall_popular`` of D - 1, see :mod:`recsys_batch.publish.gate`). Not a hard prerequisite of
-#: publish (the gate leaves a missing baseline out and says so); the demo builds them for D - 1.
+#: publish: without ``recall_popular`` of D - 1 the gate computes the popular baseline itself from the
+#: events before the held-out hours (it always has one); a missing ``recall_itemcf`` row is left out and
+#: said so. The demo builds them for D - 1 so its gate table shows both.
 GATE_BASELINE_STAGES = ("matrix", "itemcf", "swing", "usercf", "recall")
