@@ -623,6 +623,10 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
                      f"K / generate.n_items); the model must also beat popular on the held-out hours")
     end = _date(date_)
     days = [end - timedelta(days=i) for i in range(cfg.generate.days - 1, -1, -1)]
+    # the day after D is generated too and ingested just before `evaluate`: it is the truth of the published
+    # evaluation (every recall_<channel> table of D against what users did on D + 1); no stage of D reads it
+    truth_day = end + timedelta(days=1)
+    gen_cfg = cfg.generate.model_copy(update={"days": cfg.generate.days + 1})
     root = cfg.warehouse.root
     prepare_demo_root(root, fresh=fresh, yes=yes)
     timings: list[tuple[str, float, str]] = []
@@ -630,7 +634,7 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
     refused: GateRefused | None = None
 
     t0 = time.perf_counter()
-    counts = generate_synthetic(cfg.generate, end, cfg.warehouse.raw_root)
+    counts = generate_synthetic(gen_cfg, truth_day, cfg.warehouse.raw_root)
     timings.append(("generate", time.perf_counter() - t0, ", ".join(f"{k}={v:,}" for k, v in counts.items())))
 
     t0 = time.perf_counter()
@@ -661,6 +665,12 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
             if stage.prev_day and len(days) < 2:
                 timings.append((f"{stage.name} {end}", 0.0, "skipped: needs the previous day (generate.days >= 2)"))
                 continue
+            if stage.name == "evaluate" and cfg.evaluate.mode != "rebuild":
+                status.update(f"ingest {truth_day} (truth of the published evaluation)")
+                run_stage("check_input", cfg, truth_day)
+                res = run_stage("ingest", cfg, truth_day, spark)
+                timings.append((f"ingest {truth_day}", res.seconds,
+                                f"{sum(r.valid for r in res.result):,} valid: truth of the published evaluation"))
             status.update(f"{stage.name} {end}")
             try:
                 res = run_stage(stage.name, cfg, end, spark)

@@ -32,7 +32,10 @@ def test_demo_end_to_end(spark, tmp_path):
         assert name in res.output
     cfg = load_config("local", SMALL + wh)
     ev = read_table(spark, cfg.warehouse, "events")
-    assert sorted(r.dt for r in ev.select("dt").distinct().collect()) == ["2026-11-19", "2026-11-20"]
+    # D + 1 is generated and ingested as the truth of the published evaluation of D's recall tables
+    assert sorted(r.dt for r in ev.select("dt").distinct().collect()) == ["2026-11-19", "2026-11-20", "2026-11-21"]
+    assert "ingest 2026-11-21" in res.output and "published lists of 2026-11-20 vs positive events of 2026-11-21" \
+        in " ".join(res.output.split()), res.output
     m = read_table(spark, cfg.warehouse, "user_item_matrix", date(2026, 11, 20))
     assert m.count() > 0 and m.where("score <= 0").count() == 0
     # the generator plants bad rows: they are quarantined, not lost
