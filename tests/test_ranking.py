@@ -1,0 +1,197 @@
+"""Multi-task ranking model: layer shapes, DCN-v2 / DIN / losses / metrics / calibration / fusion against
+hand-computed values, warm start with a grown vocabulary, the stage, the gate, export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_batch.config import RankingConfig
+from recsys_batch.ranking.calibration import calibrate, downsample, fuse, fusion_vector, task_probabilities
+from recsys_batch.ranking.cross import CrossNetV2
+from recsys_batch.ranking.din import DINAttention
+from recsys_batch.ranking.experts import MMoE, PLE
+from recsys_batch.ranking.loss import multitask_loss, task_losses
+from recsys_batch.ranking.metrics import auc, calibration, gauc, logloss, ndcg
+from recsys_batch.ranking.model import LogisticBaseline, RankingModel, RankingShape, run
+from recsys_batch.training.model import TowerShape
+
+torch.set_num_threads(1)
+
+
+def _sp(x: float) -> float:  # softplus: BCE(z, 1) = sp(-z), BCE(z, 0) = sp(z)
+    return math.log1p(math.exp(x))
+
+
+# ---- layers ---------------------------------------------------------------------------------------------
+
+def test_dcn_v2_cross_layers_match_hand_computed_values():
+    net = CrossNetV2(2, layers=2, rank=None)
+    with torch.no_grad():
+        net.layers[0].u.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        net.layers[0].u.bias.copy_(torch.tensor([0.0, 1.0]))
+        net.layers[1].u.weight.copy_(torch.eye(2))
+        net.layers[1].u.bias.zero_()
+    x0 = torch.tensor([[1.0, 2.0]])
+    # x1 = x0 * (W x0 + b) + x0 = (1, 2) * ((1, 4) + (0, 1)) + (1, 2) = (2, 12)
+    # x2 = x0 * (I x1) + x1 = (1 * 2, 2 * 12) + (2, 12) = (4, 36)
+    assert net(x0).tolist() == [[4.0, 36.0]]
+    # low rank: W = U V^T, U = (1, 1)^T, V = (1, -1)^T (rank 1), b = 0; one layer
+    lr = CrossNetV2(2, layers=1, rank=1)
+    with torch.no_grad():
+        lr.layers[0].v.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        lr.layers[0].u.weight.copy_(torch.tensor([[1.0], [1.0]]))
+        lr.layers[0].u.bias.zero_()
+    # W x0 = (1 - 2) (1, 1) = (-1, -1); x1 = (1, 2) * (-1, -1) + (1, 2) = (0, 0)
+    assert lr(x0).tolist() == [[0.0, 0.0]]
+    assert CrossNetV2(5, 0)(torch.ones(3, 5)).shape == (3, 5)
+
+
+def test_din_attention_is_masked_and_not_softmax_normalised():
+    din = DINAttention(1, hidden=[])
+    with torch.no_grad():  # a = 1 q + 1 k + 0 (q - k) + 1 (q k)
+        din.mlp[0].weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+        din.mlp[0].bias.zero_()
+    q = torch.tensor([[2.0]])
+    keys = torch.tensor([[[1.0], [3.0], [5.0]]])
+    mask = torch.tensor([[True, True, False]])
+    # a = (2 + 1 + 2, 2 + 3 + 6, masked) = (5, 11, 0); v = 5 * 1 + 11 * 3 = 38 (a softmax would give <= 5)
+    assert din(q, keys, mask).tolist() == [[38.0]]
+    big = DINAttention(4, [8, 4])
+    assert big(torch.randn(3, 4), torch.randn(3, 6, 4), torch.ones(3, 6, dtype=torch.bool)).shape == (3, 4)
+    assert din(q, keys, torch.zeros(1, 3, dtype=torch.bool)).tolist() == [[0.0]]  # empty history
+
+
+def test_mmoe_and_ple_give_one_vector_per_task():
+    x = torch.randn(5, 12)
+    mm = MMoE(12, n_tasks=6, n_experts=3, expert_dims=[16, 8])
+    assert mm(x).shape == (6, 5, 8)
+    for levels in (1, 2):
+        ple = PLE(12, n_tasks=6, n_shared=2, n_task=1, expert_dims=[8], levels=levels)
+        assert ple(x).shape == (6, 5, 8)
+        assert len(ple.levels[-1].shared_gate) == 0  # the last level has no shared gate (no unused parameters)
+        out = ple(x).sum()
+        out.backward()
+        assert all(p.grad is not None for p in ple.parameters())
+
+
+def _shape(kind="mmoe", has_seq=True, **kw) -> RankingShape:
+    return RankingShape(TowerShape(20, 30, 3, 1, 2, has_seq), TowerShape(25, 40, 4, 1, 1, False), kind,
+                        id_embedding_dim=4, feature_embedding_dim=2, din_hidden_dims=(8,), expert_dims=(16,),
+                        tower_dims=(8,), **kw)
+
+
+def _inputs(b=7, seq_len=5, has_seq=True):
+    g = torch.Generator().manual_seed(0)
+    user = {"ids": torch.randint(0, 20, (b,), generator=g), "cat": torch.randint(1, 30, (b, 3), generator=g),
+            "lists": torch.randint(0, 30, (b, 1, 8), generator=g), "dense": torch.randn(b, 2, generator=g)}
+    if has_seq:
+        user["seq"] = torch.randint(0, 25, (b, seq_len), generator=g)
+    item = {"ids": torch.randint(0, 25, (b,), generator=g), "cat": torch.randint(1, 40, (b, 4), generator=g),
+            "lists": torch.randint(0, 40, (b, 1, 8), generator=g), "dense": torch.randn(b, 1, generator=g)}
+    return user, item
+
+
+@pytest.mark.parametrize("kind", ["mmoe", "ple", "lr"])
+def test_models_output_one_column_per_task(kind):
+    for has_seq in (True, False):
+        shape = _shape(kind, has_seq)
+        model = LogisticBaseline(shape) if kind == "lr" else RankingModel(shape)
+        user, item = _inputs(has_seq=has_seq)
+        out = run(model, user, item)
+        assert out.shape == (7, 6) and torch.isfinite(out).all()
+    if kind != "lr":  # x0 width: 3 id vectors (user, item, DIN) + (3 + 1 + 4 + 1) fields x 2 + 2 + 1 dense
+        assert RankingModel(_shape(kind)).inputs.out_dim == 3 * 4 + 9 * 2 + 3
+        assert RankingModel(_shape(kind, False)).inputs.out_dim == 2 * 4 + 9 * 2 + 3
+    assert RankingShape.from_dict(_shape(kind).to_dict()) == _shape(kind)
+
+
+# ---- loss, calibration, fusion ---------------------------------------------------------------------------
+
+def test_masked_multitask_loss_matches_hand_computed_values():
+    # three impressions; rows 0 and 2 clicked. outputs: click, like, collect, share, comment logits, log1p watch
+    out = torch.tensor([[1.0, 0.5, 0.0, 0.0, 0.0, 2.0],
+                        [-1.0, 3.0, 3.0, 3.0, 3.0, 9.0],   # not clicked: only its click logit counts
+                        [0.0, -0.5, 1.0, 0.0, 0.0, 1.0]])
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0, 0.0]])
+    watch = torch.tensor([math.e - 1.0, 100.0, 0.0])  # log1p: 1, -, 0
+    want = [
+        (_sp(-1.0) + _sp(-1.0) + _sp(0.0)) / 3,  # click: every row
+        (_sp(-0.5) + _sp(-0.5)) / 2,              # like | click: rows 0 (y=1, z=.5), 2 (y=0, z=-.5)
+        (_sp(0.0) + _sp(1.0)) / 2,                # collect | click
+        (_sp(0.0) + _sp(0.0)) / 2,                # share | click
+        (_sp(0.0) + _sp(0.0)) / 2,                # comment | click
+        ((2.0 - 1.0) ** 2 + (1.0 - 0.0) ** 2) / 2,  # watch: (pred - log1p s)^2 on clicked rows
+    ]
+    assert task_losses(out, labels, watch).tolist() == pytest.approx(want, abs=1e-6)
+    total, per = multitask_loss(out, labels, watch, torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0, 0.5]))
+    assert total.item() == pytest.approx(want[0] + 2 * want[1] + 0.5 * want[5], abs=1e-6)
+    # no clicked row: the conditional tasks add 0 (not NaN) and still backpropagate
+    z = out.clone().requires_grad_(True)
+    t, per = multitask_loss(z, torch.zeros(3, 5), watch)
+    assert per[1:].tolist() == [0.0] * 5 and per[0].item() == pytest.approx((_sp(1) + _sp(-1) + _sp(0)) / 3, abs=1e-6)
+    t.backward()
+    assert z.grad[:, 1:].abs().sum() == 0 and z.grad[:, 0].abs().sum() > 0
+
+
+def test_calibration_is_the_exact_inverse_of_down_sampling():
+    # alpha .5, p .2: q = .2 / (.2 + .5 * .8) = 1/3; back: (.5 / 3) / (1 - 1/3 + .5 / 3) = .2
+    assert downsample(torch.tensor(0.2, dtype=torch.float64), 0.5).item() == pytest.approx(1 / 3, abs=1e-15)
+    assert calibrate(torch.tensor(1 / 3, dtype=torch.float64), 0.5).item() == pytest.approx(0.2, abs=1e-15)
+    p = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    for a in (0.01, 0.1, 0.5, 1.0):
+        assert torch.allclose(calibrate(downsample(p, a), a), p, atol=1e-14, rtol=0)
+    assert torch.equal(calibrate(p, 1.0), p)  # no down-sampling: identity
+
+
+def test_fusion_is_the_weighted_product_of_the_unconditional_task_scores():
+    # raw outputs -> p_click = calibrate(sigmoid(0), .5) = 1/3; p(like | click) = sigmoid(log 3) = .75
+    out = torch.tensor([[0.0, math.log(3.0), -100.0, 0.0, -100.0, 0.6]])
+    probs = task_probabilities(out, 0.5)
+    pc = 1 / 3
+    assert probs[0].tolist() == pytest.approx([pc, pc * 0.75, 0.0, pc * 0.5, 0.0, pc * 0.6], abs=1e-6)
+    w = fusion_vector({"click": 1.0, "like": 2.0, "share": 1.0, "watch_time": 0.5})  # collect, comment: 0
+    assert w.tolist() == [1.0, 2.0, 0.0, 1.0, 0.0, 0.5]
+    want = pc * (1 + pc * 0.75) ** 2 * (1 + pc * 0.5) * (1 + pc * 0.6) ** 0.5
+    assert fuse(probs, w).item() == pytest.approx(want, rel=1e-6)
+    # only click weighted: the fused score is p_click itself
+    assert fuse(probs, fusion_vector({"click": 1.0})).item() == pytest.approx(pc, rel=1e-6)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------
+
+def test_auc_and_gauc_on_a_hand_computed_case():
+    users = np.array(["a", "b", "a", "c", "b", "a", "c"])
+    y = np.array([1, 1, 0, 1, 0, 0, 1])
+    s = np.array([0.9, 0.2, 0.3, 0.5, 0.1, 0.95, 0.4])
+    # a: positive .9 vs negatives .3 (win), .95 (loss) -> .5 over 3 rows; b: .2 vs .1 -> 1 over 2 rows;
+    # c: two positives, no negative -> left out. GAUC = (3 x .5 + 2 x 1) / 5 = .7
+    g, n = gauc(users, y, s)
+    assert (g, n) == (pytest.approx(0.7), 2)
+    # pooled AUC: positives .9 .2 .5 .4 vs negatives .3 .1 .95: wins 2 + 1 + 2 + 2 = 7 of 12
+    assert auc(y, s) == pytest.approx(7 / 12)
+    assert auc([1, 0, 1, 0], [0.5, 0.5, 0.7, 0.1]) == pytest.approx((0.5 + 1 + 1 + 1) / 4)  # a tie counts 1/2
+    assert math.isnan(auc([1, 1], [0.1, 0.2]))
+
+
+def test_logloss_calibration_and_ndcg_on_hand_computed_cases():
+    assert logloss([1, 0], [0.8, 0.4], [1.0, 3.0]) == pytest.approx(-(math.log(0.8) + 3 * math.log(0.6)) / 4)
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.3, 0.6, 0.8])
+    table, ece = calibration(y, p, bins=2)
+    # bins {.1, .3} (pred .2, observed 0) and {.6, .8} (pred .7, observed 1): ECE = .5 x .2 + .5 x .3
+    assert [(r["predicted"], r["observed"]) for r in table] == [(pytest.approx(0.2), 0.0), (pytest.approx(0.7), 1.0)]
+    assert ece == pytest.approx(0.25)
+    # weighted: the first bin's rows weigh 1 and 3: pred (.1 + .9) / 4
+    table, _ = calibration(y, p, np.array([1.0, 3.0, 1.0, 1.0]), bins=2)
+    assert table[0]["predicted"] == pytest.approx(0.25)
+    # ndcg: group u1 gains (1, 0, 2) ranked by score (.2, .9, .5) -> order 0-gain, 2, 1
+    g = np.array(["u1", "u1", "u1", "u2", "u2"])
+    gain = np.array([1.0, 0.0, 2.0, 0.0, 0.0])
+    score = np.array([0.2, 0.9, 0.5, 0.3, 0.1])
+    dcg = 0 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3)
+    assert ndcg(g, gain, score) == (pytest.approx(dcg / idcg), 1)  # u2 has no gain: not counted
