@@ -539,7 +539,7 @@ class RankingConfig(_Model):
     fusion_weights: dict[str, float] = Field(default_factory=lambda: {
         "click": 1.0, "like": 1.0, "collect": 1.0, "share": 1.0, "comment": 1.0, "watch_time": 0.5})
     batch_size: int = Field(2048, ge=2)
-    learning_rate: float = Field(0.002, gt=0.0)
+    learning_rate: float = Field(0.005, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     #: passes when warm-starting (a daily full retrain is one shuffled epoch)
     epochs: int = Field(1, ge=1)
@@ -555,6 +555,8 @@ class RankingConfig(_Model):
     eval_max_rows: int = Field(500_000, ge=100)
     #: logistic-regression baseline on the same features, trained on the same rows (the gate compares)
     baseline: bool = True
+    #: the baseline's learning rate: a zero-initialised LR needs larger steps than the embeddings of the model
+    baseline_learning_rate: float = Field(0.02, gt=0.0)
     #: refuse the model when click GAUC < yesterday's model's GAUC on the same held-out rows - gate_tolerance
     #: (absolute), or <= the baseline's + gate_baseline_margin; gate false = evaluate and record only
     gate: bool = True

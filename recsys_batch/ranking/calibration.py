@@ -22,23 +22,25 @@ import torch
 
 from recsys_batch.ranking.model import TASKS, WATCH
 
+assert WATCH == 5 and len(TASKS) == 6  # task_probabilities indexes the columns literally
 
-def calibrate(q: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
-    """p = alpha q / (1 - q + alpha q)."""
+
+def calibrate(q: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """p = alpha q / (1 - q + alpha q); ``alpha`` a tensor or (eager) a float."""
     return alpha * q / (1.0 - q + alpha * q)
 
 
-def downsample(p: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+def downsample(p: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """q = p / (p + alpha (1 - p)): what a model trained on the down-sampled rows predicts."""
     return p / (p + alpha * (1.0 - p))
 
 
-def task_probabilities(out: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+def task_probabilities(out: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """[B, 6] serving values from raw outputs: calibrated p_click, unconditional p_like .. p_comment
     (p_click p(t | click)), and p_watch = p_click max(0, log1p watch prediction)."""
     p_click = calibrate(torch.sigmoid(out[:, 0]), alpha)
-    cond = torch.sigmoid(out[:, 1:WATCH])
-    watch = out[:, WATCH].clamp_min(0.0)
+    cond = torch.sigmoid(out[:, 1:5])  # like .. comment; column 5 = watch (TorchScript: no global constants)
+    watch = out[:, 5].clamp_min(0.0)
     return torch.cat([p_click.unsqueeze(1), p_click.unsqueeze(1) * cond, (p_click * watch).unsqueeze(1)], 1)
 
 

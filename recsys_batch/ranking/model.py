@@ -144,3 +144,24 @@ def run(model: nn.Module, user: dict[str, torch.Tensor], item: dict[str, torch.T
     seq = user["seq"] if "seq" in user else user["ids"].new_zeros((user["ids"].shape[0], 0))
     return model(user["ids"], user["cat"], user["lists"], user["dense"], seq, item["ids"], item["cat"], item["lists"],
                  item["dense"])
+
+
+@torch.no_grad()
+def init_output_biases(model: nn.Module, labels: torch.Tensor, watch_s: torch.Tensor) -> list[float]:
+    """Set each task's output bias to its prior on a batch (fresh models only): logit of the click rate, of each
+    conditional rate among the clicked rows, and the mean log1p watch seconds of the clicked rows. Adam moves a
+    parameter by about the learning rate per step, so a watch bias starting at 0 would need ~log1p(T) / lr steps
+    to reach the mean (1,500 at lr 0.002) while its squared error swamped the other tasks."""
+    clicked = labels[:, 0] > 0.5
+    eps = 1e-3
+    rates = [labels[:, 0].mean().clamp(eps, 1 - eps)]
+    for t in range(1, labels.shape[1]):
+        rates.append((labels[clicked, t].mean() if clicked.any() else torch.tensor(0.5)).clamp(eps, 1 - eps))
+    prior = [float(torch.log(r / (1 - r))) for r in rates]
+    prior.append(float(torch.log1p(watch_s[clicked].clamp_min(0)).mean()) if clicked.any() else 0.0)
+    if isinstance(model, LogisticBaseline):
+        model.i_dense.bias.copy_(torch.tensor(prior))
+    else:
+        for t, tower in enumerate(model.towers):
+            tower[-1].bias.fill_(prior[t])
+    return prior
