@@ -558,14 +558,13 @@ class RankingConfig(_Model):
     #: the baseline's learning rate: a zero-initialised LR needs larger steps than the embeddings of the model
     baseline_learning_rate: float = Field(0.02, gt=0.0)
     #: refuse the model when click GAUC < yesterday's model's GAUC on the same held-out rows - gate_tolerance
-    #: (absolute), or <= the baseline's + gate_baseline_margin; gate false = evaluate and record only
+    #: (absolute), or <= the baseline's + gate_baseline_margin; recorded in evaluation.json, enforced by publish
+    #: (publish.force overrides); gate false = evaluate and record only
     gate: bool = True
     gate_tolerance: float = Field(0.01, ge=0.0, le=1.0)
     gate_baseline_margin: float = Field(0.0, ge=0.0)
     #: users with both a click and a non-click among the held-out rows needed for the GAUC checks
     gate_min_users: int = Field(20, ge=1)
-    #: keep the model even if the gate refuses (the refusal is recorded in evaluation.json)
-    force: bool = False
     torch_threads: int | None = Field(1, ge=1)
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True

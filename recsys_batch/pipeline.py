@@ -84,6 +84,12 @@ STAGES: tuple[Stage, ...] = (
         doc="daily full retrain of the two-tower model (warm start from yesterday), item/user embeddings, user tower",
     ),
     Stage(
+        "train_ranking", "recsys_batch.ranking.train:run_train_ranking", upstream=("samples",), spark=False,
+        job="train_ranking.py",
+        doc="daily full retrain of the multi-task ranking model (DCN-v2, DIN, MMoE/PLE; warm start from yesterday), "
+            "held-out AUC/GAUC/calibration vs a logistic-regression baseline, gate, TorchScript export",
+    ),
+    Stage(
         "index", "recsys_batch.index.build:run_index", upstream=("train",), spark=False,
         outputs=("recall_two_tower",),
         doc="faiss item index (exact or HNSW/IVF), recall@100 check against exact search, recall_two_tower",
@@ -93,7 +99,7 @@ STAGES: tuple[Stage, ...] = (
         doc="offline Recall/HitRate/NDCG/MRR, coverage, novelty of the recall channels on a held-out split",
     ),
     Stage(
-        "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate",), spark=False,
+        "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate", "train_ranking"), spark=False,
         doc="gate the new model against yesterday's, then publish one atomic, versioned release",
     ),
 )

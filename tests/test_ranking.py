@@ -195,3 +195,183 @@ def test_logloss_calibration_and_ndcg_on_hand_computed_cases():
     dcg = 0 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
     idcg = 2 / math.log2(2) + 1 / math.log2(3)
     assert ndcg(g, gain, score) == (pytest.approx(dcg / idcg), 1)  # u2 has no gain: not counted
+
+
+# ---- warm start, stream, stage, gate, export -------------------------------------------------------------
+
+def _spec_with_items(vocab: list[str]) -> dict:
+    from recsys_batch.training.synthetic import World, make_spec
+
+    spec = make_spec(World(10, 10, 2, seed=0))
+    for e in spec["features"]:
+        if e["name"] == "item_id":
+            e["vocab"] = vocab
+    return spec
+
+
+def test_warm_start_keeps_known_rows_and_grows_the_tables():
+    from recsys_batch.ranking.checkpoint import warm_start_ranking
+    from recsys_batch.ranking.model import shape_for
+    from recsys_batch.training.checkpoint import layout_meta
+    from recsys_batch.training.features import build_layout
+
+    rc = RankingConfig(id_embedding_dim=4, feature_embedding_dim=2, expert_dims=[8], tower_dims=[4])
+    old_spec, new_spec = _spec_with_items(["a", "b", "c"]), _spec_with_items(["c", "a", "d", "e", "f"])
+    ou, oi = build_layout(old_spec, "user"), build_layout(old_spec, "item")
+    nu, ni = build_layout(new_spec, "user"), build_layout(new_spec, "item")
+    torch.manual_seed(0)
+    old, new = RankingModel(shape_for(ou, oi, rc)), RankingModel(shape_for(nu, ni, rc))
+    fresh = new.inputs.item_id.weight.detach().clone()
+    ck = {"state_dict": old.state_dict(), "layouts": {"user": layout_meta(ou), "item": layout_meta(oi)}}
+    stats = warm_start_ranking(new, ck, nu, ni)
+    ow, nw = old.inputs.item_id.weight, new.inputs.item_id.weight
+    assert nw.shape[0] == 1 + 5 + 4 > ow.shape[0] == 1 + 3 + 4  # grown: missing row, vocabulary, 4 OOV rows
+    for i_old, i_new in ((1, 2), (3, 1)):  # a, c keep their rows at their new positions
+        assert torch.equal(nw[i_new], ow[i_old])
+    assert torch.equal(nw[0], ow[0]) and torch.equal(nw[6:10], ow[4:8])  # missing row, hashed OOV rows
+    for i_new in (3, 4, 5):  # d, e, f: fresh
+        assert torch.equal(nw[i_new], fresh[i_new])
+    assert stats["inputs.item_id.weight"] == {"kept": 1 + 2 + 4, "new": 3}
+    assert torch.equal(new.cross.layers[0].u.weight, old.cross.layers[0].u.weight)  # dense layers copied
+    assert torch.equal(new.towers[3][-1].bias, old.towers[3][-1].bias)
+    assert stats["dense"]["new"] == 0
+
+
+def _cfg(root, *extra):
+    from recsys_batch.config import load_config
+
+    return load_config(None, [f"warehouse.root={root}", "ranking.batch_size=256", "ranking.num_workers=0",
+                              "ranking.progress=false", "ranking.fresh_min_steps=30", "ranking.learning_rate=0.01",
+                              "ranking.gate_min_users=5", "ranking.eval_max_rows=100000", *extra])
+
+
+@pytest.fixture(scope="module")
+def two_days(tmp_path_factory):
+    """A JVM-free warehouse with ranking samples of two days; day 2's spec knows 20 more items."""
+    from datetime import date
+
+    from recsys_batch.ranking.synthetic import build_ranking_warehouse
+    from recsys_batch.ranking.train import run_train_ranking
+    from recsys_batch.training.synthetic import World
+
+    root = tmp_path_factory.mktemp("rk") / "wh"
+    cfg = _cfg(root)
+    w = World(150, 200, 3, seed=4)
+    d1, d2 = date(2026, 1, 1), date(2026, 1, 2)
+    build_ranking_warehouse(cfg, w, [d1], impressions_per_user=16, known_items=180)
+    build_ranking_warehouse(cfg, w, [d2], impressions_per_user=16, known_items=200)
+    return cfg, w, d1, d2, run_train_ranking(cfg, d1), run_train_ranking(cfg, d2)
+
+
+def test_ranking_stream_yields_every_training_row_once_with_its_labels(two_days):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_batch.features.spec import load_spec
+    from recsys_batch.ranking.data import RankingStream
+    from recsys_batch.ranking.evaluate import layouts_for_spec
+    from recsys_batch.training.data import list_units, sample_files
+
+    cfg, _, d1, _, _, _ = two_days
+    files, manifest = sample_files(cfg.warehouse, d1, "ranking")
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    ul, il = layouts_for_spec(load_spec(manifest["feature_spec"]), t.column_names, cfg.ranking)
+    s = RankingStream(files, ul, il, 100, 3, units=list_units(files))
+    rows, clicks = [], 0
+    for b in s:
+        assert b["labels"].shape == (len(b["row_id"]), 5) and b["user"]["ids"].shape == b["item"]["ids"].shape
+        assert b["user"]["seq"].shape[1] == cfg.ranking.max_lastn
+        rows += b["row_id"].tolist()
+        clicks += int(b["labels"][:, 0].sum())
+        # a conditional label only on a clicked row; watch time only when clicked
+        assert (b["labels"][:, 1:].amax(1) <= b["labels"][:, 0]).all() and (b["watch"][b["labels"][:, 0] == 0] == 0).all()
+    assert sorted(rows) == list(range(t.num_rows)) and clicks == sum(t["click"].to_pylist())
+    alpha = np.unique(t["neg_keep_rate"].to_numpy())
+    assert alpha.tolist() == [0.5] and set(t["sample_weight"].to_pylist()) == {1.0, 2.0}
+
+
+def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_days):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_batch.ranking.checkpoint import load_ranking_checkpoint, ranking_dir
+    from recsys_batch.ranking.export import RankingScorer
+    from recsys_batch.ranking.evaluate import layouts_for_spec, predict
+    from recsys_batch.training.data import holdout_cutoff, sample_files
+
+    cfg, w, d1, d2, r1, r2 = two_days
+    assert r1.warm_start_from is None and r1.steps >= 30  # fresh: epochs repeated up to fresh_min_steps
+    assert r2.warm_start_from.endswith("dt=2026-01-01/checkpoint.pt")
+    # items 180..199 joined the vocabulary: the id table grew by 20 fresh rows, the 1 + 180 + 4 others were kept
+    assert r2.warm_start_rows["inputs.item_id.weight"] == {"kept": 1 + 180 + 4, "new": 20}
+    files = sample_files(cfg.warehouse, d2, "ranking")[0]
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    cut = holdout_cutoff(d2, cfg.ranking.holdout_hours)
+    train_rows = int(pa.compute.sum(pa.compute.less(t["ts"], cut)).as_py())
+    assert r2.examples == train_rows  # warm start: one epoch of the rows before the holdout cut
+    ev = json.loads(open(f"{ranking_dir(cfg.warehouse, d2)}/evaluation.json").read())
+    assert ev["holdout_rows"] == t.num_rows - train_rows
+    assert set(ev["metrics"]) == {"new", "lr", "ranking_2026-01-01"}
+    assert {c["check"] for c in ev["gate"]["checks"]} == {"users", "baseline", "previous"}
+    new = ev["metrics"]["new"]
+    assert set(new) == {"click", "like", "collect", "share", "comment", "watch_time", "fused"}
+    assert 0 <= new["click"]["ece"] <= 1 and len(new["click"]["calibration"]) == 10
+    assert new["click"]["auc"] > 0.6  # the planted cluster / gender x category structure is learned
+    # the TorchScript module scores raw values like the checkpoint: calibrated p_click, ..., fused score
+    meta = json.loads(open(f"{ranking_dir(cfg.warehouse, d2)}/ranking_meta.json").read())
+    assert meta["alpha"] == 0.5 and meta["fusion_weights"]["watch_time"] == 0.5
+    scorer = RankingScorer(ranking_dir(cfg.warehouse, d2))
+    rows = t.slice(0, 5)
+    got = scorer.score(rows.to_pylist())
+    ck = load_ranking_checkpoint(r2.checkpoint)
+    ul, il = layouts_for_spec(ck["spec"], t.column_names, cfg.ranking)
+    raw = torch.from_numpy(predict(ck["model"], ul, il, rows))
+    probs = task_probabilities(raw, 0.5)
+    want = torch.cat([probs, fuse(probs, fusion_vector(cfg.ranking.fusion_weights)).unsqueeze(1)], 1)
+    assert got.shape == (5, 7) and np.allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_refuses_the_model(two_days, tmp_path):
+    import json
+    import shutil
+
+    from recsys_batch.errors import GateRefused
+    from recsys_batch.ranking.checkpoint import previous_ranking_checkpoint, ranking_dir
+    from recsys_batch.ranking.evaluate import ranking_gate
+    from recsys_batch.ranking.release import ranking_for_release
+
+    rc = RankingConfig(gate_tolerance=0.01, gate_min_users=10)
+    m = lambda g, n=50: {"click": {"gauc": g, "gauc_users": n}}  # noqa: E731
+    assert ranking_gate({"new": m(0.70), "lr": m(0.65), "old": m(0.705)}, rc, previous="old")["decision"] == "passed"
+    g = ranking_gate({"new": m(0.64), "lr": m(0.65), "old": m(0.70)}, rc, previous="old")
+    assert g["decision"] == "refused" and g["failures"] == ["baseline", "previous"]
+    assert ranking_gate({"new": m(0.70, 9), "lr": m(0.6)}, rc)["failures"] == ["users"]
+    assert ranking_gate({}, rc)["failures"] == ["users"]  # nothing held out: nothing to accept
+    assert ranking_gate({"new": m(0.5), "lr": m(0.6)}, RankingConfig(gate=False))["decision"] == "disabled"
+
+    # the stage with a margin no model can meet: written, refused, skipped by warm start, refused by publish
+    from datetime import date
+
+    from recsys_batch.ranking.train import run_train_ranking
+
+    cfg0, _, d1, d2, _, _ = two_days
+    root = tmp_path / "wh"
+    shutil.copytree(cfg0.warehouse.root, root, ignore=shutil.ignore_patterns("dt=2026-01-02"))
+    cfg = _cfg(root, "ranking.gate_baseline_margin=1.0")
+    d3 = date(2026, 1, 3)
+    from recsys_batch.ranking.synthetic import build_ranking_warehouse
+    from recsys_batch.training.synthetic import World
+
+    build_ranking_warehouse(cfg, World(150, 200, 3, seed=4), [d3], impressions_per_user=16, known_items=200)
+    run_train_ranking(cfg, d3)
+    ev = json.loads((root / "models/ranking/dt=2026-01-03/evaluation.json").read_text())
+    assert ev["gate"]["decision"] == "refused" and ev["gate"]["failures"] == ["baseline"]
+    assert previous_ranking_checkpoint(cfg.warehouse, date(2026, 1, 4))[0] == d1  # the refused model is skipped
+    with pytest.raises(GateRefused, match="baseline: click GAUC"):
+        ranking_for_release(cfg, d3, force=False)
+    forced = ranking_for_release(cfg, d3, force=True)
+    assert forced["evaluation"]["forced"] and "ranking.pt" in forced["files"]
+    assert ranking_for_release(cfg, d1, force=False)["evaluation"]["decision"] == "passed"
+    assert ranking_dir(cfg.warehouse, d3).endswith("models/ranking/dt=2026-01-03")

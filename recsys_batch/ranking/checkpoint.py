@@ -1,8 +1,8 @@
 """Ranking checkpoints: ``<warehouse.root>/models/ranking/dt=D/checkpoint.pt`` -- state dict, model shape, the
 spec and the vocabularies/blocks of every embedding table (the two-tower's layout metadata,
 :func:`recsys_batch.training.checkpoint.layout_meta`), so tomorrow's model warm-starts row by row by id
-*value*. Written with one atomic write, loaded with ``weights_only=True``. A model the gate refused is not
-written, so the newest checkpoint is always the last accepted model.
+*value*. Written with one atomic write, loaded with ``weights_only=True``. A model the gate refused (its
+``evaluation.json``) is skipped: the model warm-started from is the newest accepted one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def ranking_dir(wh: WarehouseConfig, run_date: date) -> str:
 
 
 def previous_ranking_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[date, str] | None:
-    """(date, path) of the newest ranking checkpoint with dt < run_date, or None."""
+    """(date, path) of the newest ranking checkpoint with dt < run_date not refused by the gate, or None."""
     root = ranking_root(wh)
     found = []
     for name in fs.listdir(root, only="dirs"):
@@ -49,9 +49,15 @@ def previous_ranking_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[da
         if d < run_date:
             found.append((d, fs.join(root, name, CHECKPOINT)))
     for d, path in sorted(found, reverse=True):
-        if fs.is_file(path):
+        if fs.is_file(path) and not refused(path.rsplit("/", 1)[0]):
             return d, path
     return None
+
+
+def refused(folder: str) -> bool:
+    """True when the model folder's ``evaluation.json`` records a refusal by the gate."""
+    ev = fs.join(folder, "evaluation.json")
+    return fs.is_file(ev) and fs.read_json(ev).get("gate", {}).get("decision") == "refused"
 
 
 def save_ranking_checkpoint(path: str, model: nn.Module, spec: dict, user_layout: TowerLayout,

@@ -17,6 +17,10 @@ scored on the same rows. Per task (:mod:`recsys_batch.ranking.metrics`):
 Gate (:func:`ranking_gate`), on click GAUC: refuse when fewer than ``gate_min_users`` users have both a click
 and a non-click among the held-out rows, when the model does not beat the baseline by more than
 ``gate_baseline_margin``, or when it is below yesterday's model by more than ``gate_tolerance`` (absolute).
+The decision is recorded in the model folder's ``evaluation.json``; a refused model is never warm-started
+from nor compared with, and the publish stage refuses a release carrying it (:mod:`recsys_batch.ranking.release`)
+unless ``publish.force``. The train_ranking stage itself succeeds: refusing is the release's job, as for the
+two-tower, so one publish decision covers the recall indexes and the ranking model together.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import torch
 from torch import nn
 
 from recsys_batch.config import Config, RankingConfig
-from recsys_batch.errors import GateRefused
 from recsys_batch.io.fs import resolve
 from recsys_batch.ranking.calibration import calibrate, fuse, fusion_vector, task_probabilities
 from recsys_batch.ranking.data import LABELS, encode_targets
@@ -154,8 +157,8 @@ def format_table(metrics: dict[str, dict[str, dict[str, Any]]]) -> str:
 def ranking_gate(metrics: dict[str, dict[str, dict[str, Any]]], rc: RankingConfig, new: str = "new",
                  baseline: str | None = "lr", previous: str | None = None) -> dict[str, Any]:
     """Checks on click GAUC of ``metrics[new]`` (see the module docstring): {"checks": [{check, ok, detail}],
-    "failures", "decision"} with decision ``passed``, ``refused``, ``forced`` (refused but ranking.force) or
-    ``disabled`` (ranking.gate false: recorded, not enforced)."""
+    "failures", "decision"} with decision ``passed``, ``refused`` or ``disabled`` (ranking.gate false: recorded,
+    not enforced)."""
     task, key = GATE_METRIC
     checks = []
     m = metrics.get(new, {}).get(task, {})
@@ -173,19 +176,21 @@ def ranking_gate(metrics: dict[str, dict[str, dict[str, Any]]], rc: RankingConfi
         checks.append({"check": "previous", "ok": ok, "detail": f"click GAUC {g:.4f} vs {previous} {p:.4f} - "
                                                                 f"tolerance {rc.gate_tolerance:g}"})
     failures = [c for c in checks if not c["ok"]]  # no held-out GAUC: 0 users, the users check fails
-    decision = "disabled" if not rc.gate else "passed" if not failures else "forced" if rc.force else "refused"
+    decision = "disabled" if not rc.gate else "passed" if not failures else "refused"
     return {"metric": f"{task} {key}", "checks": checks, "failures": [c["check"] for c in failures],
             "decision": decision}
 
 
-def raise_if_refused(gate: dict[str, Any], metrics: dict, run_date: date) -> None:
-    if gate["decision"] != "refused":
-        return
+def refusal_message(evaluation: dict[str, Any], where: str) -> str:
+    """The lines of a refusal: the failed checks, then the metric table."""
+    gate = evaluation["gate"]
     failed = [c for c in gate["checks"] if c["check"] in gate["failures"]]
-    lines = [f"train_ranking {run_date} refused by the gate: {len(failed)} of {len(gate['checks'])} checks failed "
-             f"(the model is not written; ranking.force=true keeps it)"]
+    lines = [f"{where}: the ranking model of {evaluation.get('run_date')} was refused by its gate: {len(failed)} of "
+             f"{len(gate['checks'])} checks failed"]
     lines += [f"  {c['check']}: {c['detail']}" for c in failed]
-    raise GateRefused("\n".join(lines + [format_table(metrics)]))
+    if evaluation.get("metrics"):
+        lines.append(format_table(evaluation["metrics"]))
+    return "\n".join(lines)
 
 
 def evaluate_day(cfg: Config, run_date: date, files: list[str], models: dict) -> tuple[dict, int]:

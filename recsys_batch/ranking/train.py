@@ -9,10 +9,10 @@ under ``torchrun`` runs :func:`recsys_batch.runner.ddp_job_main`):
    (``ranking.warm_start``): id / feature rows copied by value, so tables grow for new ids;
 3. trains one shuffled epoch (a fresh model: whole epochs up to ``ranking.fresh_min_steps`` steps) on the rows
    before the holdout cut, and the logistic-regression baseline on the same rows (``ranking.baseline``);
-4. rank 0: evaluates today's model, the baseline and yesterday's model on D's held-out rows
-   (:mod:`recsys_batch.ranking.evaluate`), applies the gate (a refusal raises ``GateRefused`` and writes
-   nothing), then writes ``models/ranking/dt=D/{checkpoint.pt, ranking.pt, feature_spec.json,
-   ranking_meta.json, evaluation.json}``.
+4. rank 0: evaluates today's model, the baseline and yesterday's accepted model on D's held-out rows
+   (:mod:`recsys_batch.ranking.evaluate`), applies the gate and writes ``models/ranking/dt=D/{checkpoint.pt,
+   ranking.pt, feature_spec.json, ranking_meta.json, evaluation.json}`` -- the gate's decision in
+   ``evaluation.json``; a refused model is not warm-started from and is refused by publish.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from recsys_batch.ranking.checkpoint import (
     warm_start_ranking,
 )
 from recsys_batch.ranking.data import RankingStream, require_ranking_columns
-from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, raise_if_refused, ranking_gate
+from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
 from recsys_batch.ranking.export import EVALUATION, export_ranking
 from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
 from recsys_batch.ranking.model import build, init_output_biases, run, shape_for
@@ -188,13 +188,15 @@ def run_train_ranking(cfg: Config, run_date: date) -> TrainResult:
     if metrics:
         log.info("train_ranking %s on %d held-out rows, gate %s:\n%s", run_date, n_eval, gate["decision"],
                  format_table(metrics))
-    raise_if_refused(gate, metrics, run_date)
+    evaluation = {"run_date": run_date.isoformat(), "model_version": version, "holdout_rows": n_eval,
+                  "holdout_cutoff": cutoff, "gate": gate, "metrics": metrics}
+    if gate["decision"] == "refused":
+        log.warning("%s\n(written, but never warm-started from, and publish refuses it unless publish.force)",
+                    refusal_message(evaluation, f"train_ranking {run_date}"))
     out = ranking_dir(cfg.warehouse, run_date)
     fs.makedirs(out)
     res.checkpoint = f"{out}/{CHECKPOINT}"
     alpha = day_alpha(files)
-    evaluation = {"run_date": run_date.isoformat(), "model_version": version, "holdout_rows": n_eval,
-                  "holdout_cutoff": cutoff, "gate": gate, "metrics": metrics}
     save_ranking_checkpoint(res.checkpoint, model, spec, ul, il,
                             {"run_date": run_date.isoformat(), "model_version": version, "spec_path": spec_path,
                              "train": res.summary(), "config_hash": cfg.config_hash(), "alpha": alpha,
