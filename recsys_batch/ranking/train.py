@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -52,9 +53,19 @@ from recsys_batch.training.train import (
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class RankingTrainResult(TrainResult):
+    """:class:`TrainResult` plus the gate's decision and the per-task table of the held-out evaluation (the whole
+    evaluation is ``evaluation.json`` in the model folder)."""
+
+    gate: str | None = None
+    holdout_rows: int = 0
+    table: str = ""
+
+
 def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                   on_step: Callable[[int, int, float, float], None] | None = None, fresh: bool = False,
-                  learning_rate: float | None = None) -> TrainResult:
+                  learning_rate: float | None = None) -> RankingTrainResult:
     """``rc.epochs`` passes over ``stream`` (or ``rc.max_steps`` steps) of the masked multi-task loss; works in
     one process and under DDP (process group initialised: gradients averaged, ``join()`` for uneven inputs).
     ``fresh``: set the output biases to the task priors of the first batch (:func:`init_output_biases`; under
@@ -64,7 +75,7 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp else model
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate or rc.learning_rate, weight_decay=rc.weight_decay, fused=True)
     weights = task_weight_vector(rc.task_weights)
-    res = TrainResult()
+    res = RankingTrainResult()
     model.train()
     t0 = time.perf_counter()
     done = False
@@ -110,7 +121,7 @@ def day_alpha(files: list[str]) -> float:
     return float(next(iter(vals))) if vals else 1.0
 
 
-def run_train_ranking(cfg: Config, run_date: date) -> TrainResult:
+def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     """The train_ranking stage for D (see the module docstring)."""
     rc = cfg.ranking
     if rc.torch_threads:
@@ -205,8 +216,8 @@ def run_train_ranking(cfg: Config, run_date: date) -> TrainResult:
                                  {"model_version": version, "run_date": run_date.isoformat()})
     fs.write_atomic(f"{out}/{EVALUATION}", json.dumps(finite(evaluation), indent=1, default=str))
     res.exports["evaluation"] = f"{out}/{EVALUATION}"
-    res.exports["gate"] = gate["decision"]
-    res.exports["metrics"] = metrics
+    res.gate, res.holdout_rows = gate["decision"], n_eval
+    res.table = format_table(metrics) if metrics else "(no held-out rows)"
     res.output_rows = {"ranking_holdout_rows": n_eval}
     return res
 
