@@ -375,3 +375,39 @@ def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_refuses_the_mo
     assert forced["evaluation"]["forced"] and "ranking.pt" in forced["files"]
     assert ranking_for_release(cfg, d1, force=False)["evaluation"]["decision"] == "passed"
     assert ranking_dir(cfg.warehouse, d3).endswith("models/ranking/dt=2026-01-03")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_run_the_train_ranking_job(tmp_path):
+    """``torchrun --nproc_per_node 2 jobs/train_ranking.py``: both ranks train their share of the row groups with
+    the same output-bias priors, rank 0 alone evaluates and writes the model folder."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from datetime import date
+    from pathlib import Path
+
+    from recsys_batch.ranking.synthetic import build_ranking_warehouse
+    from recsys_batch.training.synthetic import World
+
+    sets = [f"warehouse.root={tmp_path / 'wh'}", "ranking.batch_size=256", "ranking.num_workers=0",
+            "ranking.progress=false", "ranking.fresh_min_steps=10", "ranking.gate_min_users=5"]
+    cfg = _cfg(tmp_path / "wh")
+    build_ranking_warehouse(cfg, World(150, 200, 3, seed=4), [date(2026, 1, 1)], impressions_per_user=16,
+                            row_group_rows=256)
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(repo / "jobs" / "train_ranking.py"), "--date", "2026-01-01", "--no-check"]
+    for s in sets:
+        cmd += ["--set", s]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=repo,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-5000:]
+    steps = dict(re.findall(r"\(rank (\d) of 2\): (\d+) steps", run.stderr))
+    assert set(steps) == {"0", "1"} and all(int(n) > 0 for n in steps.values()), run.stderr[-3000:]
+    priors = re.findall(r"\[rank \d/2\] recsys_batch.ranking.train: fresh model: output biases set to the task "
+                        r"priors (\[.*?\])", run.stderr)
+    assert len(priors) == 4 and len(set(priors)) == 1  # model and baseline, both ranks: the same first row group
+    folder = tmp_path / "wh" / "models" / "ranking" / "dt=2026-01-01"
+    assert {p.name for p in folder.iterdir()} >= {"checkpoint.pt", "ranking.pt", "ranking_meta.json", "evaluation.json"}

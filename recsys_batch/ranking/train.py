@@ -39,7 +39,7 @@ from recsys_batch.ranking.checkpoint import (
     CHECKPOINT, load_ranking_checkpoint, previous_ranking_checkpoint, ranking_dir, save_ranking_checkpoint,
     warm_start_ranking,
 )
-from recsys_batch.ranking.data import RankingStream, require_ranking_columns
+from recsys_batch.ranking.data import RankingStream, encode_targets, require_ranking_columns
 from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
 from recsys_batch.ranking.export import EVALUATION, export_ranking
 from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
@@ -68,10 +68,16 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                   learning_rate: float | None = None) -> RankingTrainResult:
     """``rc.epochs`` passes over ``stream`` (or ``rc.max_steps`` steps) of the masked multi-task loss; works in
     one process and under DDP (process group initialised: gradients averaged, ``join()`` for uneven inputs).
-    ``fresh``: set the output biases to the task priors of the first batch (:func:`init_output_biases`; under
-    DDP rank 0's batch, broadcast by DDP's first forward). ``positives`` counts clicked rows."""
+    ``fresh``: set the output biases to the task priors of the stream's first row group
+    (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows."""
     rank, world = dist_info()
     ddp = world > 1
+    if fresh and stream.units:  # before DDP: every rank reads the same first row group, so the same priors
+        first = stream._read(stream.units[0], {})
+        if first.num_rows:
+            tg = encode_targets(first)
+            log.info("fresh model: output biases set to the task priors %s (first row group, %d rows)",
+                     [round(x, 3) for x in init_output_biases(model, tg["labels"], tg["watch"])], first.num_rows)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp else model
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate or rc.learning_rate, weight_decay=rc.weight_decay, fused=True)
     weights = task_weight_vector(rc.task_weights)
@@ -83,9 +89,6 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
         stream.set_epoch(epoch)
         with net.join() if ddp else _NullCtx():
             for batch in make_loader(stream, rc.num_workers):
-                if fresh and res.steps == 0 and epoch == 0:
-                    log.info("fresh model: output biases set to the task priors %s",
-                             [round(x, 3) for x in init_output_biases(model, batch["labels"], batch["watch"])])
                 loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
                                          weights)
                 opt.zero_grad(set_to_none=True)
