@@ -509,8 +509,9 @@ class RankingConfig(_Model):
     seed: int = 7
     #: user-id / item-id embedding width (the item table also embeds the last-N items for DIN)
     id_embedding_dim: int = Field(16, ge=1)
-    #: every other categorical / numeric bucket / list value
-    feature_embedding_dim: int = Field(8, ge=1)
+    #: every other categorical / numeric bucket / list value (4: the ~90 fields of a real spec make x0 ~480 wide;
+    #: 8 makes it ~830 and a CPU step ~1.7x slower, benchmarks/ranking.py)
+    feature_embedding_dim: int = Field(4, ge=1)
     max_lastn: int = Field(20, ge=1)
     #: spec features left out (sample column names, e.g. u_city)
     exclude_features: list[str] = Field(default_factory=list)
@@ -524,7 +525,7 @@ class RankingConfig(_Model):
     multitask: Literal["mmoe", "ple"] = "mmoe"
     #: mmoe: experts shared by every task (each an MLP with expert_dims)
     num_experts: int = Field(4, ge=1)
-    expert_dims: list[int] = Field(default_factory=lambda: [64])
+    expert_dims: list[int] = Field(default_factory=lambda: [32])
     #: ple: shared experts, experts per task, extraction levels
     ple_shared_experts: int = Field(2, ge=1)
     ple_task_experts: int = Field(1, ge=1)

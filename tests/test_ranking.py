@@ -53,15 +53,22 @@ def test_dcn_v2_cross_layers_match_hand_computed_values():
 def test_din_attention_is_masked_and_not_softmax_normalised():
     din = DINAttention(1, hidden=[])
     with torch.no_grad():  # a = 1 q + 1 k + 0 (q - k) + 1 (q k)
-        din.mlp[0].weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
-        din.mlp[0].bias.zero_()
+        din.first.weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 1.0]]))
+        din.first.bias.zero_()
     q = torch.tensor([[2.0]])
     keys = torch.tensor([[[1.0], [3.0], [5.0]]])
     mask = torch.tensor([[True, True, False]])
     # a = (2 + 1 + 2, 2 + 3 + 6, masked) = (5, 11, 0); v = 5 * 1 + 11 * 3 = 38 (a softmax would give <= 5)
     assert din(q, keys, mask).tolist() == [[38.0]]
     big = DINAttention(4, [8, 4])
-    assert big(torch.randn(3, 4), torch.randn(3, 6, 4), torch.ones(3, 6, dtype=torch.bool)).shape == (3, 4)
+    bq, bk, bm = torch.randn(3, 4), torch.randn(3, 6, 4), torch.rand(3, 6) > 0.3
+    qe = bq.unsqueeze(1).expand_as(bk)  # the split first layer equals the MLP on the concatenation
+    a = big.rest(big.first(torch.cat([qe, bk, qe - bk, qe * bk], -1))).squeeze(-1) * bm
+    assert torch.allclose(big(bq, bk, bm), (a.unsqueeze(-1) * bk).sum(1), atol=1e-5)
+    assert big(bq, bk, bm).shape == (3, 4)
+    with torch.no_grad():  # the q - k input alone: a = (2 - 1, 2 - 3, 2 - 5), v = 1 x 1 - 1 x 3 - 3 x 5 = -17
+        din.first.weight.copy_(torch.tensor([[0.0, 0.0, 1.0, 0.0]]))
+    assert din(q, keys, torch.ones(1, 3, dtype=torch.bool)).tolist() == [[-17.0]]
     assert din(q, keys, torch.zeros(1, 3, dtype=torch.bool)).tolist() == [[0.0]]  # empty history
 
 

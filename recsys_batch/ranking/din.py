@@ -21,16 +21,18 @@ class DINAttention(nn.Module):
 
     def __init__(self, dim: int, hidden: list[int] | tuple[int, ...] = (32,)):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = 4 * dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
+        widths = [*hidden, 1]
+        self.first = nn.Linear(4 * dim, widths[0])  # on [q, k, q - k, q * k]
+        rest: list[nn.Module] = []
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            rest += [nn.ReLU(), nn.Linear(a, b)]
+        self.rest = nn.Sequential(*rest)  # empty: a linear activation unit
 
     def forward(self, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        qe = q.unsqueeze(1).expand_as(keys)
-        a = self.mlp(torch.cat([qe, keys, qe - keys, qe * keys], dim=-1)).squeeze(-1)  # [B, L]
-        a = a * mask.to(a.dtype)
+        # first layer with W = [W1 W2 W3 W4]: (W1 + W3) q + b once per row, (W2 - W3) k + W4 (q k) per history
+        # item -- the value of the concatenation at half its cost (the [B, L, 4d] input is never built)
+        w, d = self.first.weight, q.shape[1]
+        pre = (q @ (w[:, :d] + w[:, 2 * d:3 * d]).t() + self.first.bias).unsqueeze(1) \
+            + keys @ (w[:, d:2 * d] - w[:, 2 * d:3 * d]).t() + (q.unsqueeze(1) * keys) @ w[:, 3 * d:].t()
+        a = self.rest(pre).squeeze(-1) * mask.to(pre.dtype)  # [B, L]
         return (a.unsqueeze(-1) * keys).sum(1)
