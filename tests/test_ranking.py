@@ -26,6 +26,18 @@ def _sp(x: float) -> float:  # softplus: BCE(z, 1) = sp(-z), BCE(z, 0) = sp(z)
     return math.log1p(math.exp(x))
 
 
+def test_ranking_stage_imports_no_pyspark():
+    """train_ranking runs under torchrun / on GPU boxes without a JVM, like the two-tower."""
+    import subprocess
+    import sys
+
+    code = ("import sys, recsys_batch.ranking.train, recsys_batch.ranking.release, recsys_batch.publish.release; "
+            "print('pyspark' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
 # ---- layers ---------------------------------------------------------------------------------------------
 
 def test_dcn_v2_cross_layers_match_hand_computed_values():
