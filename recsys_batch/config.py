@@ -559,8 +559,8 @@ class RankingConfig(_Model):
     #: the baseline's learning rate: a zero-initialised LR needs larger steps than the embeddings of the model
     baseline_learning_rate: float = Field(0.02, gt=0.0)
     #: refuse the model when click GAUC < yesterday's model's GAUC on the same held-out rows - gate_tolerance
-    #: (absolute), or <= the baseline's + gate_baseline_margin; recorded in evaluation.json, enforced by publish
-    #: (publish.force overrides); gate false = evaluate and record only
+    #: (absolute), or <= the baseline's + gate_baseline_margin; recorded in evaluation.json: a refused model is not
+    #: warm-started from and publish ships the last accepted one (publish.force: the refused one); false = record only
     gate: bool = True
     gate_tolerance: float = Field(0.01, ge=0.0, le=1.0)
     gate_baseline_margin: float = Field(0.0, ge=0.0)

@@ -26,18 +26,6 @@ def _sp(x: float) -> float:  # softplus: BCE(z, 1) = sp(-z), BCE(z, 0) = sp(z)
     return math.log1p(math.exp(x))
 
 
-def test_ranking_stage_imports_no_pyspark():
-    """train_ranking runs under torchrun / on GPU boxes without a JVM, like the two-tower."""
-    import subprocess
-    import sys
-
-    code = ("import sys, recsys_batch.ranking.train, recsys_batch.ranking.release, recsys_batch.publish.release; "
-            "print('pyspark' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "False"
-
-
 # ---- layers ---------------------------------------------------------------------------------------------
 
 def test_dcn_v2_cross_layers_match_hand_computed_values():
@@ -352,11 +340,10 @@ def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_d
     assert got.shape == (5, 7) and np.allclose(got, want.numpy(), atol=1e-5)
 
 
-def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_refuses_the_model(two_days, tmp_path):
+def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_keeps_the_last_accepted_model(two_days, tmp_path):
     import json
     import shutil
 
-    from recsys_batch.errors import GateRefused
     from recsys_batch.ranking.checkpoint import previous_ranking_checkpoint, ranking_dir
     from recsys_batch.ranking.evaluate import ranking_gate
     from recsys_batch.ranking.release import ranking_for_release
@@ -370,7 +357,7 @@ def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_refuses_the_mo
     assert ranking_gate({}, rc)["failures"] == ["users"]  # nothing held out: nothing to accept
     assert ranking_gate({"new": m(0.5), "lr": m(0.6)}, RankingConfig(gate=False))["decision"] == "disabled"
 
-    # the stage with a margin no model can meet: written, refused, skipped by warm start, refused by publish
+    # the stage with a margin no model can meet: written, refused, skipped by warm start and by publish
     from datetime import date
 
     from recsys_batch.ranking.train import run_train_ranking
@@ -388,11 +375,15 @@ def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_refuses_the_mo
     ev = json.loads((root / "models/ranking/dt=2026-01-03/evaluation.json").read_text())
     assert ev["gate"]["decision"] == "refused" and ev["gate"]["failures"] == ["baseline"]
     assert previous_ranking_checkpoint(cfg.warehouse, date(2026, 1, 4))[0] == d1  # the refused model is skipped
-    with pytest.raises(GateRefused, match="baseline: click GAUC"):
-        ranking_for_release(cfg, d3, force=False)
+    # publish: the release carries the newest accepted model instead (or the refused one with publish.force)
+    carried = ranking_for_release(cfg, d3, force=False)
+    assert carried["dir"] == ranking_dir(cfg.warehouse, d1) and carried["evaluation"]["carried_from"] == "2026-01-01"
+    assert carried["evaluation"]["decision"] == "refused" and "ranking.pt" in carried["files"]
     forced = ranking_for_release(cfg, d3, force=True)
-    assert forced["evaluation"]["forced"] and "ranking.pt" in forced["files"]
+    assert forced["evaluation"]["forced"] and forced["dir"] == ranking_dir(cfg.warehouse, d3)
     assert ranking_for_release(cfg, d1, force=False)["evaluation"]["decision"] == "passed"
+    shutil.rmtree(root / "models/ranking/dt=2026-01-01")  # nothing accepted before: the release carries none
+    assert ranking_for_release(cfg, d3, force=False) is None
     assert ranking_dir(cfg.warehouse, d3).endswith("models/ranking/dt=2026-01-03")
 
 

@@ -14,8 +14,8 @@ URI :func:`recsys_batch.io.fs.resolve` understands (``hdfs://``, ``viewfs://``, 
         tables/<table>/part-00000.parquet     partition dt = D of each published Delta table
         index/items.faiss, index/items.parquet, index/index_report.json
         model/checkpoint.pt, model/user_tower.pt, model/feature_spec.json, model/user_layout.json
-        ranking/ranking.pt, ranking/ranking_meta.json, ...   D's ranking model when train_ranking wrote one
-                                              (recsys_batch.ranking.release: a refused one refuses the publish)
+        ranking/ranking.pt, ranking/ranking_meta.json, ...   the ranking model: D's, or the last accepted one
+                                              when D's was refused by its gate (recsys_batch.ranking.release)
         feature_spec.json                     the spec of D's features (what serving encodes with)
     published/releases/.staging-<id>/         local / HDFS only: being written; never pointed at
 
@@ -333,7 +333,7 @@ def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> Publi
     if pc.gate:
         gate = check_gate(gate_metrics(cfg, run_date), force)  # raises GateRefused before anything is written
         log.info("publish %s gate %s:\n%s", run_date, gate.decision, gate.table())
-    ranking = ranking_for_release(cfg, run_date, force or not pc.gate)  # a refused ranking model: GateRefused
+    ranking = ranking_for_release(cfg, run_date, force or not pc.gate)  # D's, or the last accepted one
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     release = f"{run_date.isoformat()}_{stamp}"
     root = published_root(cfg)

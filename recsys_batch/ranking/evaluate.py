@@ -18,9 +18,9 @@ Gate (:func:`ranking_gate`), on click GAUC: refuse when fewer than ``gate_min_us
 and a non-click among the held-out rows, when the model does not beat the baseline by more than
 ``gate_baseline_margin``, or when it is below yesterday's model by more than ``gate_tolerance`` (absolute).
 The decision is recorded in the model folder's ``evaluation.json``; a refused model is never warm-started
-from nor compared with, and the publish stage refuses a release carrying it (:mod:`recsys_batch.ranking.release`)
-unless ``publish.force``. The train_ranking stage itself succeeds: refusing is the release's job, as for the
-two-tower, so one publish decision covers the recall indexes and the ranking model together.
+from nor compared with, and the publish stage ships the newest accepted model in its place
+(:mod:`recsys_batch.ranking.release`; ``publish.force`` ships it anyway). The train_ranking stage itself
+succeeds: a refused ranking model does not hold back the day's recall lists.
 """
 
 from __future__ import annotations

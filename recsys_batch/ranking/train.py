@@ -12,7 +12,7 @@ under ``torchrun`` runs :func:`recsys_batch.runner.ddp_job_main`):
 4. rank 0: evaluates today's model, the baseline and yesterday's accepted model on D's held-out rows
    (:mod:`recsys_batch.ranking.evaluate`), applies the gate and writes ``models/ranking/dt=D/{checkpoint.pt,
    ranking.pt, feature_spec.json, ranking_meta.json, evaluation.json}`` -- the gate's decision in
-   ``evaluation.json``; a refused model is not warm-started from and is refused by publish.
+   ``evaluation.json``; a refused model is not warm-started from, and publish ships the last accepted one.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     evaluation = {"run_date": run_date.isoformat(), "model_version": version, "holdout_rows": n_eval,
                   "holdout_cutoff": cutoff, "gate": gate, "metrics": metrics}
     if gate["decision"] == "refused":
-        log.warning("%s\n(written, but never warm-started from, and publish refuses it unless publish.force)",
+        log.warning("%s\n(written, but never warm-started from; publish ships the last accepted model instead unless publish.force)",
                     refusal_message(evaluation, f"train_ranking {run_date}"))
     out = ranking_dir(cfg.warehouse, run_date)
     fs.makedirs(out)
