@@ -110,6 +110,18 @@ def test_models_output_one_column_per_task(kind):
         user, item = _inputs(has_seq=has_seq)
         out = run(model, user, item)
         assert out.shape == (7, 6) and torch.isfinite(out).all()
+        if not has_seq and kind != "mmoe":  # scripting is slow: the no-DIN variant once
+            continue
+        # the TorchScript serving module (calibration + fusion) gives the eager values
+        from recsys_batch.ranking.export import RankingServing
+
+        model.eval()
+        serving = RankingServing(model, 0.25, {"click": 1.0, "like": 2.0, "watch_time": 0.5})
+        scripted = torch.jit.script(serving)
+        seq = user.get("seq", torch.zeros((7, 0), dtype=torch.int64))
+        args = (user["ids"], user["cat"], user["lists"], user["dense"], seq, item["ids"], item["cat"], item["lists"],
+                item["dense"])
+        assert torch.allclose(scripted(*args), serving(*args), atol=1e-6) and scripted(*args).shape == (7, 7)
     if kind != "lr":  # x0 width: 3 id vectors (user, item, DIN) + (3 + 1 + 4 + 1) fields x 2 + 2 + 1 dense
         assert RankingModel(_shape(kind)).inputs.out_dim == 3 * 4 + 9 * 2 + 3
         assert RankingModel(_shape(kind, False)).inputs.out_dim == 2 * 4 + 9 * 2 + 3
