@@ -706,6 +706,10 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         for r in result if isinstance(result, list) else [result]:
             if hasattr(r, "columns") and hasattr(r, "split"):
                 render_metrics(r, title=f"{name} {end}")
+    if getattr(results.get("train_ranking"), "table", None):  # the ranking model's per-task table
+        r = results["train_ranking"]
+        console.print(f"ranking model {end}: gate {r.gate} on {r.holdout_rows:,} held-out impressions\n{r.table}",
+                      markup=False, highlight=False)
     if "publish" in results:
         render_release(cfg)
     tt = Table(title="steps")

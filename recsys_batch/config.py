@@ -492,6 +492,93 @@ class TrainConfig(_Model):
     active_days: int | None = Field(None, ge=1)
 
 
+#: the ranking model's tasks, in output order: five binary ones (click, then four conditional on a click) and
+#: watch time (regression on log1p seconds, clicked rows)
+RANKING_TASKS = ("click", "like", "collect", "share", "comment", "watch_time")
+
+
+class RankingConfig(_Model):
+    """Daily retrain of the multi-task ranking model (``recsys_batch.ranking``; docs/ranking.md).
+
+    Input (spec categoricals / buckets / lists / dense of both sides, user and item ids, DIN attention of the
+    candidate over the last-N) -> DCN-v2 cross layers -> MMoE or PLE -> one tower per task. click is trained
+    on the down-sampled impressions and calibrated with p = a q / (1 - q + a q) (a = neg_keep_rate; no sample
+    weights); like / collect / share / comment / watch_time on clicked rows only (conditional on a click).
+    """
+
+    seed: int = 7
+    #: user-id / item-id embedding width (the item table also embeds the last-N items for DIN)
+    id_embedding_dim: int = Field(16, ge=1)
+    #: every other categorical / numeric bucket / list value (4: the ~90 fields of a real spec make x0 ~480 wide;
+    #: 8 makes it ~830 and a CPU step ~1.7x slower, benchmarks/ranking.py)
+    feature_embedding_dim: int = Field(4, ge=1)
+    max_lastn: int = Field(20, ge=1)
+    #: spec features left out (sample column names, e.g. u_city)
+    exclude_features: list[str] = Field(default_factory=list)
+    #: DCN-v2 cross layers on the input vector x0: x_{l+1} = x0 * (W x_l + b) + x_l (0 = none)
+    cross_layers: int = Field(2, ge=0)
+    #: W = U V^T of this rank (DCN-v2's low-rank form; cost O(d r) instead of O(d^2)); null = full rank
+    cross_rank: int | None = Field(32, ge=1)
+    #: hidden layers of DIN's attention MLP on [q, k, q - k, q * k]
+    din_hidden_dims: list[int] = Field(default_factory=lambda: [32])
+    #: mmoe (Ma et al. 2018) | ple (Tang et al. 2020, progressive layered extraction)
+    multitask: Literal["mmoe", "ple"] = "mmoe"
+    #: mmoe: experts shared by every task (each an MLP with expert_dims)
+    num_experts: int = Field(4, ge=1)
+    expert_dims: list[int] = Field(default_factory=lambda: [32])
+    #: ple: shared experts, experts per task, extraction levels
+    ple_shared_experts: int = Field(2, ge=1)
+    ple_task_experts: int = Field(1, ge=1)
+    ple_levels: int = Field(1, ge=1)
+    #: hidden layers of each task tower
+    tower_dims: list[int] = Field(default_factory=lambda: [32])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    #: loss weight per task (missing = 1)
+    task_weights: dict[str, float] = Field(default_factory=dict)
+    #: fusion exponents: score = p_click^w_click * prod_t (1 + p_t)^w_t, p_t = p_click * p(t | click) for the
+    #: binary tasks, p_watch = p_click * predicted log1p(watch seconds) (published with the model)
+    fusion_weights: dict[str, float] = Field(default_factory=lambda: {
+        "click": 1.0, "like": 1.0, "collect": 1.0, "share": 1.0, "comment": 1.0, "watch_time": 0.5})
+    batch_size: int = Field(2048, ge=2)
+    learning_rate: float = Field(0.005, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    #: passes when warm-starting (a daily full retrain is one shuffled epoch)
+    epochs: int = Field(1, ge=1)
+    #: without a checkpoint: repeat epochs until about this many optimizer steps (null = epochs only)
+    fresh_min_steps: int | None = Field(200, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    num_workers: int = Field(1, ge=0)
+    shuffle_row_groups: int = Field(4, ge=1)
+    warm_start: bool = True
+    #: impressions in the last this-many hours of D are held out for evaluation and the gate
+    holdout_hours: float = Field(4.0, ge=0.0, lt=24.0)
+    #: held-out rows evaluated at most (a seeded sample of users beyond it)
+    eval_max_rows: int = Field(500_000, ge=100)
+    #: logistic-regression baseline on the same features, trained on the same rows (the gate compares)
+    baseline: bool = True
+    #: the baseline's learning rate: a zero-initialised LR needs larger steps than the embeddings of the model
+    baseline_learning_rate: float = Field(0.02, gt=0.0)
+    #: refuse the model when click GAUC < yesterday's model's GAUC on the same held-out rows - gate_tolerance
+    #: (absolute), or <= the baseline's + gate_baseline_margin; recorded in evaluation.json: a refused model is not
+    #: warm-started from and publish ships the last accepted one (publish.force: the refused one); false = record only
+    gate: bool = True
+    gate_tolerance: float = Field(0.01, ge=0.0, le=1.0)
+    gate_baseline_margin: float = Field(0.0, ge=0.0)
+    #: users with both a click and a non-click among the held-out rows needed for the GAUC checks
+    gate_min_users: int = Field(20, ge=1)
+    torch_threads: int | None = Field(1, ge=1)
+    log_every_steps: int = Field(50, ge=1)
+    progress: bool = True
+
+    @field_validator("task_weights", "fusion_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = sorted(set(v) - set(RANKING_TASKS))
+        if bad:
+            raise ValueError(f"unknown task(s) {', '.join(bad)}; tasks: {', '.join(RANKING_TASKS)}")
+        return v
+
+
 class IndexConfig(_Model):
     """faiss item index: exact inner product up to ``exact_max_items`` items, else ``kind``."""
 
@@ -602,6 +689,7 @@ class Config(_Model):
     recall: RecallConfig = RecallConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     train: TrainConfig = TrainConfig()
+    ranking: RankingConfig = RankingConfig()
     index: IndexConfig = IndexConfig()
     publish: PublishConfig = PublishConfig()
     features: FeaturesConfig = FeaturesConfig()

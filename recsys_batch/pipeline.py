@@ -84,6 +84,12 @@ STAGES: tuple[Stage, ...] = (
         doc="daily full retrain of the two-tower model (warm start from yesterday), item/user embeddings, user tower",
     ),
     Stage(
+        "train_ranking", "recsys_batch.ranking.train:run_train_ranking", upstream=("samples",), spark=False,
+        job="train_ranking.py",
+        doc="daily full retrain of the multi-task ranking model (DCN-v2, DIN, MMoE/PLE; warm start from yesterday), "
+            "held-out AUC/GAUC/calibration vs a logistic-regression baseline, gate, TorchScript export",
+    ),
+    Stage(
         "index", "recsys_batch.index.build:run_index", upstream=("train",), spark=False,
         outputs=("recall_two_tower",),
         doc="faiss item index (exact or HNSW/IVF), recall@100 check against exact search, recall_two_tower",
@@ -94,9 +100,10 @@ STAGES: tuple[Stage, ...] = (
             "against what users did after D (evaluate.truth_days or truth_path), and the channels rebuilt on a split",
     ),
     Stage(
-        "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate",), spark=False,
-        doc="gate the new model (refused below popular on the held-out hours, below yesterday's model beyond the "
-            "tolerance, or on fewer than publish.gate_min_users users), then publish one atomic, versioned release",
+        "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate", "train_ranking"), spark=False,
+        doc="gate the new two-tower (refused below popular on the held-out hours, below yesterday's model beyond "
+            "the tolerance, or on fewer than publish.gate_min_users users), then publish one atomic, versioned "
+            "release with the recall tables and the newest ranking model its own gate accepted",
     ),
 )
 

@@ -78,9 +78,10 @@ def test_backfill_reports_a_refused_publish_and_goes_on(area):
     from recsys_batch.runs import RunLog, RunRecorder
 
     for d in (MAY9, MAY10):  # publish's upstream marked done
-        with RunRecorder(area.warehouse, "evaluate", d, area.config_hash(), {}, 1) as r:
-            r.start()
-        r.end("success", {})
+        for stage in ("evaluate", "train_ranking"):
+            with RunRecorder(area.warehouse, stage, d, area.config_hash(), {}, 1) as r:
+                r.start()
+            r.end("success", {})
     steps = backfill(area, MAY9, MAY10, ["publish"])
     assert [(s.run_date, s.action) for s in steps] == [(MAY9, "refused"), (MAY10, "failed")]
     assert steps[0].error.startswith("publish 2026-05-09: the live release")

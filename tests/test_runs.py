@@ -222,7 +222,8 @@ def test_downstream_closure_and_lineage():
     from recsys_batch.pipeline import lineage, with_downstream
 
     assert with_downstream(["itemcf"]) == ["itemcf", "recall", "evaluate", "publish"]
-    assert with_downstream(["features"]) == ["features", "samples", "train", "index", "evaluate", "publish"]
+    assert with_downstream(["features"]) == ["features", "samples", "train", "train_ranking", "index", "evaluate",
+                                             "publish"]
     assert lineage("samples") == (("check_input", 0), ("check_input", -1), ("ingest", 0), ("ingest", -1),
                                   ("matrix", 0), ("matrix", -1), ("features", 0), ("features", -1))
 

@@ -29,12 +29,12 @@ D1 = date(2026, 1, 1)
 
 
 def test_jvm_free_stages_import_no_pyspark():
-    """train / index / publish run where there is no JVM (GPU boxes, torchrun): they must not load pyspark."""
+    """train / train_ranking / index / publish run where there is no JVM (GPU boxes, torchrun): no pyspark."""
     import subprocess
     import sys
 
     code = ("import sys, recsys_batch.training.train, recsys_batch.index.build, recsys_batch.publish.release, "
-            "recsys_batch.training.export; print('pyspark' in sys.modules)")
+            "recsys_batch.training.export, recsys_batch.ranking.train; print('pyspark' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"

@@ -14,6 +14,8 @@ URI :func:`recsys_batch.io.fs.resolve` understands (``hdfs://``, ``viewfs://``, 
         tables/<table>/part-00000.parquet     partition dt = D of each published Delta table
         index/items.faiss, index/items.parquet, index/index_report.json
         model/checkpoint.pt, model/user_tower.pt, model/feature_spec.json, model/user_layout.json
+        ranking/ranking.pt, ranking/ranking_meta.json, ...   the ranking model: D's, or the last accepted one
+                                              when D's was refused by its gate (recsys_batch.ranking.release)
         feature_spec.json                     the spec of D's features (what serving encodes with)
     published/releases/.staging-<id>/         local / HDFS only: being written; never pointed at
 
@@ -70,6 +72,7 @@ from recsys_batch.errors import MissingInput, OlderThanLive, RecsysBatchError
 from recsys_batch.io import fs
 from recsys_batch.io.delta_read import read_partition, table_version
 from recsys_batch.publish.gate import DISABLED, GateResult, check_gate, gate_metrics
+from recsys_batch.ranking.release import ranking_for_release
 from recsys_batch.training.checkpoint import model_dir, read_raw_checkpoint
 
 log = logging.getLogger(__name__)
@@ -204,7 +207,8 @@ def verify_release(path: str | os.PathLike) -> dict[str, Any]:
     return man
 
 
-def _write_release(cfg: Config, run_date: date, target: str, release: str, gate: GateResult) -> dict[str, Any]:
+def _write_release(cfg: Config, run_date: date, target: str, release: str, gate: GateResult,
+                   ranking: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every file of the release into ``target`` (the staging folder, or the release folder itself on an
     object store), manifest last. Inputs are read from the warehouse, which may be another filesystem."""
     wh, pc = cfg.warehouse, cfg.publish
@@ -233,6 +237,10 @@ def _write_release(cfg: Config, run_date: date, target: str, release: str, gate:
             d = _copy_file(src, fs.join(target, sub, n))
             if d is not None:
                 digests[f"{sub}/{n}"] = {"sha256": d.sha256, "bytes": d.size}
+    for n in (ranking or {}).get("files", []):  # the ranking model of D (recsys_batch.ranking.release)
+        d = _copy_file(fs.join(ranking["dir"], n), fs.join(target, "ranking", n))
+        if d is not None:
+            digests[f"ranking/{n}"] = {"sha256": d.sha256, "bytes": d.size}
     spec = f"{root}/features/dt={run_date.isoformat()}/feature_spec.json"
     if fs.is_file(spec):
         d = _copy_file(spec, fs.join(target, "feature_spec.json"))
@@ -264,7 +272,7 @@ def _write_release(cfg: Config, run_date: date, target: str, release: str, gate:
         "metrics": {"gate": gate.to_dict(), "index": {k: index_report.get(k) for k in
                                                        ("kind", "n_items", "params", "recall_k", "recall",
                                                         "build_seconds")},
-                    "train": ckpt_extra.get("train")},
+                    "train": ckpt_extra.get("train"), "ranking": (ranking or {}).get("evaluation")},
         "files": files,
     }
     fs.write_atomic(fs.join(target, MANIFEST), json.dumps(manifest, indent=1, default=str))
@@ -325,6 +333,7 @@ def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> Publi
     if pc.gate:
         gate = check_gate(gate_metrics(cfg, run_date), force)  # raises GateRefused before anything is written
         log.info("publish %s gate %s:\n%s", run_date, gate.decision, gate.table())
+    ranking = ranking_for_release(cfg, run_date, force or not pc.gate)  # D's, or the last accepted one
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     release = f"{run_date.isoformat()}_{stamp}"
     root = published_root(cfg)
@@ -335,7 +344,7 @@ def run_publish(cfg: Config, run_date: date, force: bool | None = None) -> Publi
     staging = final if in_place else fs.join(releases, f".staging-{release}")
     fs.makedirs(staging)
     try:
-        manifest = _write_release(cfg, run_date, staging, release, gate)
+        manifest = _write_release(cfg, run_date, staging, release, gate, ranking)
         if not in_place:
             fs.rename_dir(staging, final)
         verify_release(final)

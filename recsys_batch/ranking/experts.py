@@ -1,0 +1,96 @@
+"""Multi-task expert layers: MMoE (Ma et al. 2018) and PLE (Tang et al. 2020). Both map x [B, d] to one
+vector per task, ``[T, B, d_out]``.
+
+* **MMoE**: E shared experts f_e; per task t a softmax gate g_t(x) = softmax(W_t x);
+  h_t = sum_e g_t(x)_e f_e(x).
+* **PLE** (progressive layered extraction): each level (a CGC block) has task-specific experts per task and
+  shared experts; task t's gate mixes its own experts and the shared ones (from its own input), and, below
+  the last level, a shared gate mixes every expert into the next level's shared input. One level = CGC. Task
+  experts let tasks with conflicting gradients (click vs share) stop fighting over the same experts, the
+  "seesaw" PLE was built against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(in_dim: int, dims: list[int] | tuple[int, ...], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
+    """Linear + ReLU (+ dropout) per hidden width; returns (module, output width)."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in dims:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    return nn.Sequential(*layers), width
+
+
+class MMoE(nn.Module):
+    def __init__(self, in_dim: int, n_tasks: int, n_experts: int, expert_dims: list[int], dropout: float = 0.0):
+        super().__init__()
+        built = [mlp(in_dim, expert_dims, dropout) for _ in range(n_experts)]
+        self.experts = nn.ModuleList([m for m, _ in built])
+        self.out_dim = built[0][1]
+        self.gates = nn.ModuleList([nn.Linear(in_dim, n_experts) for _ in range(n_tasks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = torch.stack([f(x) for f in self.experts], 1)  # [B, E, d]
+        outs = [(F.softmax(g(x), -1).unsqueeze(-1) * e).sum(1) for g in self.gates]
+        return torch.stack(outs, 0)
+
+
+class _CGC(nn.Module):
+    """One PLE level. ``forward(task_in [T, B, d], shared_in [B, d]) -> (task_out [T, B, d'], shared_out [B, d'])``;
+    on the last level (no shared gate) shared_out is ``shared_in`` unchanged."""
+
+    def __init__(self, in_dim: int, n_tasks: int, n_shared: int, n_task: int, dims: list[int], dropout: float,
+                 last: bool):
+        super().__init__()
+        self.n_tasks, self.n_task = n_tasks, n_task
+        built = [mlp(in_dim, dims, dropout) for _ in range(n_shared + n_tasks * n_task)]
+        self.out_dim = built[0][1]
+        self.shared = nn.ModuleList([m for m, _ in built[:n_shared]])
+        self.task_experts = nn.ModuleList([m for m, _ in built[n_shared:]])  # expert k belongs to task k // n_task
+        self.gates = nn.ModuleList([nn.Linear(in_dim, n_task + n_shared) for _ in range(n_tasks)])
+        self.shared_gate = nn.ModuleList([] if last else [nn.Linear(in_dim, n_tasks * n_task + n_shared)])
+
+    def forward(self, task_in: torch.Tensor, shared_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.stack([f(shared_in) for f in self.shared], 1)  # [B, S, d]
+        own: list[torch.Tensor] = []
+        for k, f in enumerate(self.task_experts):
+            own.append(f(task_in[k // self.n_task]))
+        outs: list[torch.Tensor] = []
+        for t, g in enumerate(self.gates):
+            e = torch.cat([torch.stack(own[t * self.n_task:(t + 1) * self.n_task], 1), s], 1)
+            outs.append((F.softmax(g(task_in[t]), -1).unsqueeze(-1) * e).sum(1))
+        shared_out = shared_in
+        for g in self.shared_gate:
+            e = torch.cat([torch.stack(own, 1), s], 1)
+            shared_out = (F.softmax(g(shared_in), -1).unsqueeze(-1) * e).sum(1)
+        return torch.stack(outs, 0), shared_out
+
+
+class PLE(nn.Module):
+    def __init__(self, in_dim: int, n_tasks: int, n_shared: int, n_task: int, expert_dims: list[int], levels: int = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.n_tasks = n_tasks
+        blocks = []
+        width = in_dim
+        for lvl in range(levels):
+            b = _CGC(width, n_tasks, n_shared, n_task, expert_dims, dropout, last=lvl == levels - 1)
+            blocks.append(b)
+            width = b.out_dim
+        self.levels = nn.ModuleList(blocks)
+        self.out_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.unsqueeze(0).expand(self.n_tasks, -1, -1)
+        s = x
+        for lvl in self.levels:
+            t, s = lvl(t, s)
+        return t

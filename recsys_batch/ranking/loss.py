@@ -1,0 +1,67 @@
+"""The masked multi-task loss of the ranking model.
+
+Per batch of B impressions with outputs ``out [B, 6]`` (raw, ``model.TASKS`` order), labels ``[B, 5]``
+(click, like, collect, share, comment) and watch seconds ``[B]``; C = the clicked rows (click = 1):
+
+    L_click = mean_{all rows} BCE(out_click, click)                      -- unweighted, see below
+    L_t     = mean_{r in C} BCE(out_t, label_t)   t in like, collect, share, comment   -- p(t | click)
+    L_watch = mean_{r in C} (out_watch - log1p(watch_s))^2                               -- E[log1p T | click]
+    L = sum_t w_t L_t           (w_t = ranking.task_weights, default 1; a task with no clicked row adds 0)
+
+**Conditional tasks.** like / collect / share / comment / watch happen only after a click, so their towers
+model p(t | click) on the clicked rows (masked), and serving uses p(t) = p(click) p(t | click). This is the
+decomposition ESMM (Ma et al. 2018) writes into the network; we keep it in the loss instead because our
+samples keep *every* clicked impression (only non-clicks are down-sampled), so the clicked rows are an
+unbiased sample of the population the conditional towers are applied to -- after multiplying by p(click),
+exactly the use ESMM's product makes of them -- and the click tower's alpha calibration stays a one-tower
+affair. (ESMM's product trained on all rows would learn q(click) p(t | click) on the down-sampled rows and
+need the same alpha correction through the product.)
+
+**Down-sampling: the alpha formula, not sample weights.** Non-clicks are kept with probability alpha
+(``neg_keep_rate``); the click tower is trained unweighted and converges to q = p / (p + alpha (1 - p)),
+mapped back by :func:`recsys_batch.ranking.calibration.calibrate`. ``sample_weight`` (1 / alpha on negatives)
+would give calibrated outputs directly, but multiplies the gradient variance of the negatives; using both
+would correct twice. Clicked rows are never down-sampled, so the conditional tasks need neither.
+
+**Watch time: regression on log1p seconds** (clicked rows), not YouTube 2016's weighted logistic regression.
+WLR weights positives by watch time and reads E[T] off the odds, which is E[T] (1 + P) -- close to E[T] only
+when the click probability P is small -- and its negatives are the non-clicks, whose down-sampling weight
+would enter the odds; it also re-learns the click rate that has its own tower. log1p tames the heavy tail
+(a 2-hour outlier does not dominate the squared error) and is independent of alpha.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recsys_batch.ranking.model import TASKS, WATCH
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ``mask``; 0 (still in the graph) when the mask is empty."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1.0)
+
+
+def task_losses(out: torch.Tensor, labels: torch.Tensor, watch_s: torch.Tensor) -> torch.Tensor:
+    """[T] per-task losses (see the module docstring)."""
+    clicked = labels[:, 0] > 0.5
+    losses = [F.binary_cross_entropy_with_logits(out[:, 0], labels[:, 0])]
+    for t in range(1, labels.shape[1]):
+        bce = F.binary_cross_entropy_with_logits(out[:, t], labels[:, t], reduction="none")
+        losses.append(masked_mean(bce, clicked))
+    losses.append(masked_mean((out[:, WATCH] - torch.log1p(watch_s.clamp_min(0.0))) ** 2, clicked))
+    return torch.stack(losses)
+
+
+def task_weight_vector(weights: dict[str, float]) -> torch.Tensor:
+    return torch.tensor([float(weights.get(t, 1.0)) for t in TASKS])
+
+
+def multitask_loss(out: torch.Tensor, labels: torch.Tensor, watch_s: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total, per-task [T]) with ``weights`` [T] (default 1 each)."""
+    per = task_losses(out, labels, watch_s)
+    w = torch.ones_like(per) if weights is None else weights.to(per.dtype)
+    return (w * per).sum(), per.detach()

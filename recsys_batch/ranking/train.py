@@ -1,0 +1,236 @@
+"""The ``train_ranking`` stage: daily full retrain of the multi-task ranking model on D's ranking samples.
+
+:func:`run_train_ranking` (no Spark, same DDP / torchrun path as the two-tower: ``jobs/train_ranking.py``
+under ``torchrun`` runs :func:`recsys_batch.runner.ddp_job_main`):
+
+1. reads ``samples/ranking/dt=D/part-*.parquet`` (+ ``_manifest.json``) and the feature spec named in the
+   manifest (features of D - 1), streamed by :class:`~recsys_batch.ranking.data.RankingStream`;
+2. builds today's model from today's spec and warm-starts it from the newest accepted checkpoint before D
+   (``ranking.warm_start``): id / feature rows copied by value, so tables grow for new ids;
+3. trains one shuffled epoch (a fresh model: whole epochs up to ``ranking.fresh_min_steps`` steps) on the rows
+   before the holdout cut, and the logistic-regression baseline on the same rows (``ranking.baseline``);
+4. rank 0: evaluates today's model, the baseline and yesterday's accepted model on D's held-out rows
+   (:mod:`recsys_batch.ranking.evaluate`), applies the gate and writes ``models/ranking/dt=D/{checkpoint.pt,
+   ranking.pt, feature_spec.json, ranking_meta.json, evaluation.json}`` -- the gate's decision in
+   ``evaluation.json``; a refused model is not warm-started from, and publish ships the last accepted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from recsys_batch.config import Config, RankingConfig
+from recsys_batch.errors import MissingInput, RecsysBatchError
+from recsys_batch.features.spec import load_spec
+from recsys_batch.io import fs
+from recsys_batch.io.fs import resolve
+from recsys_batch.ranking.checkpoint import (
+    CHECKPOINT, load_ranking_checkpoint, previous_ranking_checkpoint, ranking_dir, save_ranking_checkpoint,
+    warm_start_ranking,
+)
+from recsys_batch.ranking.data import RankingStream, encode_targets, require_ranking_columns
+from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
+from recsys_batch.ranking.export import EVALUATION, export_ranking
+from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
+from recsys_batch.ranking.model import build, init_output_biases, run, shape_for
+from recsys_batch.training.columns import C
+from recsys_batch.training.data import count_rows, holdout_cutoff, list_units, make_loader, sample_files
+from recsys_batch.training.train import (
+    TrainResult, _global_sum, _NullCtx, _progress, dist_info, fresh_epochs, seed_everything, spec_for_samples,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankingTrainResult(TrainResult):
+    """:class:`TrainResult` plus the gate's decision and the per-task table of the held-out evaluation (the whole
+    evaluation is ``evaluation.json`` in the model folder)."""
+
+    gate: str | None = None
+    holdout_rows: int = 0
+    table: str = ""
+
+
+def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
+                  on_step: Callable[[int, int, float, float], None] | None = None, fresh: bool = False,
+                  learning_rate: float | None = None) -> RankingTrainResult:
+    """``rc.epochs`` passes over ``stream`` (or ``rc.max_steps`` steps) of the masked multi-task loss; works in
+    one process and under DDP (process group initialised: gradients averaged, ``join()`` for uneven inputs).
+    ``fresh``: set the output biases to the task priors of the stream's first row group
+    (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows."""
+    rank, world = dist_info()
+    ddp = world > 1
+    if fresh and stream.units:  # before DDP: every rank reads the same first row group, so the same priors
+        first = stream._read(stream.units[0], {})
+        if first.num_rows:
+            tg = encode_targets(first)
+            log.info("fresh model: output biases set to the task priors %s (first row group, %d rows)",
+                     [round(x, 3) for x in init_output_biases(model, tg["labels"], tg["watch"])], first.num_rows)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp else model
+    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate or rc.learning_rate, weight_decay=rc.weight_decay, fused=True)
+    weights = task_weight_vector(rc.task_weights)
+    res = RankingTrainResult()
+    model.train()
+    t0 = time.perf_counter()
+    done = False
+    for epoch in range(rc.epochs):
+        stream.set_epoch(epoch)
+        with net.join() if ddp else _NullCtx():
+            for batch in make_loader(stream, rc.num_workers):
+                loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
+                                         weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+                if not np.isfinite(lv):
+                    raise RecsysBatchError(f"ranking training diverged at step {res.steps}: loss {lv} "
+                                           f"(lower ranking.learning_rate)")
+                res.steps += 1
+                res.examples += int(batch["labels"].shape[0])
+                res.positives += int((batch["labels"][:, 0] > 0.5).sum())
+                res.losses.append(lv)
+                if on_step is not None:
+                    on_step(res.steps, res.examples, lv, res.examples / max(time.perf_counter() - t0, 1e-9))
+                if rc.max_steps is not None and res.steps >= rc.max_steps:
+                    done = True
+                    break
+        if done:
+            break
+    res.seconds = time.perf_counter() - t0
+    model.eval()
+    return res
+
+
+def day_alpha(files: list[str]) -> float:
+    """The day's negative keep rate (``neg_keep_rate`` of the first row group; one value per day)."""
+    f = resolve(files[0])
+    col = pq.ParquetFile(f[1], filesystem=f[0]).read_row_group(0, columns=[C.NEG_KEEP_RATE]).column(0)
+    vals = set(np.round(np.asarray(col.to_numpy(zero_copy_only=False), np.float64), 12).tolist())
+    if len(vals) > 1:
+        log.warning("samples_ranking: several neg_keep_rate values %s; the export uses the first", sorted(vals)[:5])
+    return float(next(iter(vals))) if vals else 1.0
+
+
+def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
+    """The train_ranking stage for D (see the module docstring)."""
+    rc = cfg.ranking
+    if rc.torch_threads:
+        torch.set_num_threads(rc.torch_threads)
+    rank, world = dist_info()
+    files, manifest = sample_files(cfg.warehouse, run_date, "ranking")
+    spec_path = spec_for_samples(cfg, run_date, manifest)
+    try:
+        spec = load_spec(spec_path)
+    except FileNotFoundError:
+        raise MissingInput(f"feature spec {spec_path} for the ranking samples of {run_date} not found: "
+                           f"run features first") from None
+    f0 = resolve(files[0])
+    columns = pq.read_schema(f0[1], filesystem=f0[0]).names
+    require_ranking_columns(columns, files[0])
+    seed_everything(rc.seed)
+    ul, il = layouts_for_spec(spec, columns, rc)
+    model = build(shape_for(ul, il, rc), rc.dropout)
+    prev = previous_ranking_checkpoint(cfg.warehouse, run_date) if rc.warm_start else None
+    old = None
+    ws: dict = {}
+    if prev is not None:
+        old = load_ranking_checkpoint(prev[1])
+        ws = warm_start_ranking(model, old, ul, il)
+        log.info("train_ranking %s: warm start from %s (%s)", run_date, prev[1], ws)
+    else:
+        log.warning("train_ranking %s: no earlier ranking checkpoint%s: starting fresh", run_date,
+                    "" if rc.warm_start else " (ranking.warm_start is false)")
+    cutoff = holdout_cutoff(run_date, rc.holdout_hours)
+    if prev is None and rc.fresh_min_steps:
+        n = fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"), rc, world)
+        if n != rc.epochs:
+            log.info("train_ranking %s: no checkpoint: %d epochs (ranking.fresh_min_steps %d)", run_date, n,
+                     rc.fresh_min_steps)
+            rc = rc.model_copy(update={"epochs": n})
+    units = list_units(files)
+
+    def stream() -> RankingStream:
+        return RankingStream(files, ul, il, rc.batch_size, rc.seed, rank, world, rc.shuffle_row_groups,
+                             cutoff=cutoff, part="train" if cutoff else "all", units=units)
+
+    on_step, bar = _progress(rc, sum(u.rows for u in units), rank)
+    try:
+        res = train_ranking(model, stream(), rc, on_step, fresh=prev is None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if _global_sum(res.steps) == 0:
+        raise RecsysBatchError(f"train_ranking {run_date}: no training rows in {len(files)} shard files "
+                               f"(holdout cut {cutoff}); check the samples stage output")
+    models: dict[str, Any] = {"new": (model, ul, il)}
+    if rc.baseline:
+        seed_everything(rc.seed + 1)
+        lr = build(shape_for(ul, il, rc, kind="lr"))
+        base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate)
+        log.info("train_ranking %s: logistic-regression baseline, %d steps, final loss %.4f", run_date, base.steps,
+                 base.final_loss or float("nan"))
+        models["lr"] = (lr, ul, il)
+    res.warm_start_from = prev[1] if prev else None
+    res.warm_start_rows = ws
+    version = f"ranking-{run_date.isoformat()}-{cfg.config_hash()}"
+    res.model_version = version
+    log.info("train_ranking %s (rank %d of %d): %d steps, %s examples (%s clicks) in %.1fs (%.0f examples/s), "
+             "final loss %.4f", run_date, rank, world, res.steps, f"{res.examples:,}", f"{res.positives:,}",
+             res.seconds, res.examples_per_s, res.final_loss or float("nan"))
+    if rank != 0:
+        return res
+    prev_name = None
+    if old is not None:
+        prev_name = f"ranking_{prev[0].isoformat()}"
+        pul, pil = layouts_for_spec(old["spec"], columns, rc)
+        models[prev_name] = (old["model"], pul, pil)
+    metrics, n_eval = evaluate_day(cfg, run_date, files, models)
+    gate = ranking_gate(metrics, rc, "new", "lr" if rc.baseline else None, prev_name)
+    if metrics:
+        log.info("train_ranking %s on %d held-out rows, gate %s:\n%s", run_date, n_eval, gate["decision"],
+                 format_table(metrics))
+    evaluation = {"run_date": run_date.isoformat(), "model_version": version, "holdout_rows": n_eval,
+                  "holdout_cutoff": cutoff, "gate": gate, "metrics": metrics}
+    if gate["decision"] == "refused":
+        log.warning("%s\n(written, but never warm-started from; publish ships the last accepted model instead unless publish.force)",
+                    refusal_message(evaluation, f"train_ranking {run_date}"))
+    out = ranking_dir(cfg.warehouse, run_date)
+    fs.makedirs(out)
+    res.checkpoint = f"{out}/{CHECKPOINT}"
+    alpha = day_alpha(files)
+    save_ranking_checkpoint(res.checkpoint, model, spec, ul, il,
+                            {"run_date": run_date.isoformat(), "model_version": version, "spec_path": spec_path,
+                             "train": res.summary(), "config_hash": cfg.config_hash(), "alpha": alpha,
+                             "gate": gate["decision"]})
+    res.exports = export_ranking(model, ul, il, spec, alpha, rc.fusion_weights, out,
+                                 {"model_version": version, "run_date": run_date.isoformat()})
+    fs.write_atomic(f"{out}/{EVALUATION}", json.dumps(finite(evaluation), indent=1, default=str))
+    res.exports["evaluation"] = f"{out}/{EVALUATION}"
+    res.gate, res.holdout_rows = gate["decision"], n_eval
+    res.table = format_table(metrics) if metrics else "(no held-out rows)"
+    res.output_rows = {"ranking_holdout_rows": n_eval}
+    return res
+
+
+def finite(o: Any) -> Any:
+    """``o`` with NaN / inf floats replaced by None (strict JSON), recursively."""
+    if isinstance(o, dict):
+        return {k: finite(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [finite(v) for v in o]
+    if isinstance(o, float | np.floating):
+        return float(o) if np.isfinite(o) else None
+    return o
