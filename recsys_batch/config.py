@@ -264,7 +264,8 @@ class MergeConfig(_Model):
     #: the channels in ``quotas`` order, each turn the channel's best item not taken yet
     method: Literal["rrf", "snake"] = "rrf"
     #: channel -> max items taken from ``recall_<channel>`` per user (its best unexposed ones); the key order
-    #: is the snake order; a channel whose table has no dt=D partition is skipped with a log line
+    #: is the snake order; a channel whose table has no dt=D partition is skipped with a log line; 0 = not
+    #: merged (an overlay's map is merged into the base one key by key, so 0 is how an overlay drops one)
     quotas: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MERGE_QUOTAS))
     #: RRF constant k (60 in Cormack et al.: damps the weight of the very top ranks)
     rrf_k: float = Field(60.0, gt=0)
@@ -288,12 +289,17 @@ class MergeConfig(_Model):
     @field_validator("quotas")
     @classmethod
     def _quotas(cls, v: dict[str, int]) -> dict[str, int]:
-        if not v:
-            raise ValueError("at least one channel is needed")
-        bad = {c: q for c, q in v.items() if q < 1}
+        bad = {c: q for c, q in v.items() if q < 0}
         if bad:
-            raise ValueError(f"quotas must be >= 1, got {bad}")
+            raise ValueError(f"quotas must be >= 0, got {bad}")
+        if not any(q > 0 for q in v.values()):
+            raise ValueError("at least one channel needs a quota > 0")
         return v
+
+    @property
+    def channels(self) -> list[str]:
+        """The merged channels (quota > 0), in snake order."""
+        return [c for c, q in self.quotas.items() if q > 0]
 
     @model_validator(mode="after")
     def _weights(self) -> MergeConfig:

@@ -183,8 +183,9 @@ def test_exposure_filter_drops_shown_items_before_the_quotas(spark):
 def test_merge_config_and_stage_wiring():
     with pytest.raises(ConfigError, match="merge.weights names channel"):
         load_config(None, ["merge.weights={nope: 2}"])
-    with pytest.raises(ConfigError, match="quotas"):
+    with pytest.raises(ConfigError, match="at least one channel needs a quota"):
         load_config(None, ["merge.quotas={itemcf: 0}"])
+    assert load_config(None, ["merge.quotas={itemcf: 0, swing: 5}"]).merge.channels == ["swing"]
     cfg = load_config(None)
     assert cfg.merge.method == "rrf" and cfg.merge.rrf_k == 60 and cfg.merge.bloom_fp_rate == 0.01
     assert {"hot", "fresh", "author", "similar_author", "geo", "new_users", "item2vec", "ease", "als",
@@ -200,22 +201,20 @@ def test_merge_config_and_stage_wiring():
 
 @pytest.mark.slow
 def test_run_merge_skips_missing_channels_and_is_idempotent(spark, make_cfg, caplog):
-    cfg = make_cfg("merge.quotas={itemcf: 2, swing: 5, usercf: 3, popular: 1}", "merge.weights={usercf: 2.0}",
+    cfg = make_cfg("merge.quotas={itemcf: 2, swing: 5, usercf: 3, popular: 1, hot: 0}", "merge.weights={usercf: 2.0}",
                    "merge.top_n=3", "merge.fpr_probes_per_user=50")
     with pytest.raises(MissingInput, match="recall_itemcf \\(no table\\)"):
         run_merge(spark, cfg, D)
-    for c, df in lists_df(spark).items():
-        replace_partition(df, cfg.warehouse, f"recall_{c}", D)
-    replace_partition(spark.createDataFrame(LISTS["itemcf"], RECALL), cfg.warehouse, "recall_swing",
-                      D - timedelta(days=1))  # swing has a table, but no list for D
+    for c, df in lists_df(spark).items():  # swing: no table
+        replace_partition(df, cfg.warehouse, f"recall_{c}", D, count=False)
     shown = [("u1", "x", "impression", at(D, 5), None, None, None),
-             ("u2", "b", "impression", at(D - timedelta(days=2), 5), None, None, None)]
-    replace_partition(spark.createDataFrame(shown[:1], EVENTS), cfg.warehouse, "events", D)
-    replace_partition(spark.createDataFrame(shown[1:], EVENTS), cfg.warehouse, "events", D - timedelta(days=2))
+             ("u2", "b", "impression", at(D - timedelta(days=2), 5), None, None, None)]  # arrived late, in D
+    replace_partition(spark.createDataFrame(shown, EVENTS), cfg.warehouse, "events", D, count=False)
 
     with caplog.at_level(logging.INFO, logger="recsys_batch.recall.merge_stage"):
         stats = run_merge(spark, cfg, D)
-    assert "skipped 1 configured channel(s)" in caplog.text and "recall_swing (no rows for dt=2026-11-20)" in caplog.text
+    assert "skipped 1 configured channel(s)" in caplog.text
+    assert "recall_swing (no table)" in caplog.text
     assert "measured false-positive rate" in caplog.text
     assert [(s.table, s.rows) for s in stats] == [("exposure_bloom", 2), ("recall_merged", 4)]
     expected = merged_df(spark, [
@@ -227,7 +226,7 @@ def test_run_merge_skips_missing_channels_and_is_idempotent(spark, make_cfg, cap
     check(got, expected)
     metrics = json.loads(open(metrics_path(cfg.warehouse.root, D)).read())
     assert (metrics["users"], metrics["items"], metrics["probes"], metrics["target_fp_rate"]) == (2, 2, 100, 0.01)
-    assert metrics["skipped_channels"] == ["recall_swing (no rows for dt=2026-11-20)"]
+    assert metrics["skipped_channels"] == ["recall_swing (no table)"]
 
     run_merge(spark, cfg, D)  # a re-run replaces dt=D: same rows, no duplicates
     check(read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt"), expected)

@@ -30,7 +30,6 @@ plain Python and the tests check it against rbloom bit for bit. In Python: ``loa
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -189,8 +188,12 @@ def build_exposure_bloom(exposed: DataFrame, cfg: MergeConfig) -> DataFrame:
     Nothing is collected to the driver.
     """
     require_columns(exposed, [Col.USER, Col.ITEM], table="exposed items", where="exposure filter")
-    fn = functools.partial(_build_user_filter, p=cfg.bloom_fp_rate, probes=cfg.fpr_probes_per_user)
-    return exposed.select(Col.USER, Col.ITEM).groupBy(Col.USER).applyInPandas(fn, EXPOSURE_BLOOM)
+    p, probes = cfg.bloom_fp_rate, cfg.fpr_probes_per_user
+
+    def build(pdf):  # noqa: ANN001, ANN202 - a plain function: Spark infers nothing from a partial's hints
+        return _build_user_filter(pdf, p, probes)
+
+    return exposed.select(Col.USER, Col.ITEM).groupBy(Col.USER).applyInPandas(build, EXPOSURE_BLOOM)
 
 
 def _drop_user_exposed(cands, blooms):  # noqa: ANN001, ANN202

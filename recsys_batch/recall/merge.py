@@ -23,7 +23,6 @@ sum(quotas) rows per user. Nothing reaches the driver.
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 from pyspark.sql import Column, DataFrame, Window
@@ -116,9 +115,13 @@ def _snake_user(pdf, order: list[str], top_n: int):  # noqa: ANN001, ANN202 - pa
 
 def snake_fuse(quota_rows: DataFrame, cfg: MergeConfig) -> DataFrame:
     """Snake merge over quota rows: schema ``RECALL_MERGED``, top_n per user, score = 1 / rank."""
-    fn = functools.partial(_snake_user, order=list(cfg.quotas), top_n=cfg.top_n)
+    order, top_n = cfg.channels, cfg.top_n
+
+    def snake(pdf):  # noqa: ANN001, ANN202
+        return _snake_user(pdf, order, top_n)
+
     cols = quota_rows.select(Col.USER, Col.ITEM, CHANNEL, CHANNEL_RANK)
-    return _conform(cols.groupBy(Col.USER).applyInPandas(fn, RECALL_MERGED))
+    return _conform(cols.groupBy(Col.USER).applyInPandas(snake, RECALL_MERGED))
 
 
 def merge_recall(lists: dict[str, DataFrame], cfg: MergeConfig, blooms: DataFrame | None = None) -> DataFrame:

@@ -28,7 +28,7 @@ def channel_lists(spark: SparkSession, cfg: Config, run_date: date) -> tuple[dic
     """({channel: its recall_<channel> rows of D} for the configured channels that have them, notes on the
     others: ``recall_hot (no table)`` / ``recall_geo (no rows for dt=D)``)."""
     found, missing = {}, []
-    for channel in cfg.merge.quotas:
+    for channel in cfg.merge.channels:
         table = f"recall_{channel}"
         df = read_table(spark, cfg.warehouse, table, run_date, required=False)
         if df is None or df.limit(1).count() == 0:
@@ -59,7 +59,8 @@ def run_merge(spark: SparkSession, cfg: Config, run_date: date) -> list[TableSta
                  run_date, ", ".join(missing))
     if not lists:
         raise MissingInput(f"merge {run_date}: none of the channels of merge.quotas has a recall_<channel> "
-                           f"partition dt={run_date} ({', '.join(missing)}): run the recall stages for {run_date} first")
+                           f"partition dt={run_date} ({', '.join(missing)}): run the recall stages for {run_date} "
+                           f"first")
     log.info("merge %s: merging %s by %s into the top %d", run_date, ", ".join(lists), mc.method, mc.top_n)
 
     first, last = events_partitions(run_date, MatrixConfig(lookback_days=mc.exposure_days), cfg.ingest)
