@@ -205,28 +205,30 @@ def test_run_merge_skips_missing_channels_and_is_idempotent(spark, make_cfg, cap
                    "merge.top_n=3", "merge.fpr_probes_per_user=50")
     with pytest.raises(MissingInput, match="recall_itemcf \\(no table\\)"):
         run_merge(spark, cfg, D)
-    for c, df in lists_df(spark).items():  # swing: no table
-        replace_partition(df, cfg.warehouse, f"recall_{c}", D, count=False)
+    for c, df in lists_df(spark).items():  # swing: no table; hot: not merged (quota 0); popular: not for D
+        replace_partition(df, cfg.warehouse, f"recall_{c}", D - timedelta(days=1 if c == "popular" else 0),
+                          count=False)
     shown = [("u1", "x", "impression", at(D, 5), None, None, None),
              ("u2", "b", "impression", at(D - timedelta(days=2), 5), None, None, None)]  # arrived late, in D
     replace_partition(spark.createDataFrame(shown, EVENTS), cfg.warehouse, "events", D, count=False)
 
     with caplog.at_level(logging.INFO, logger="recsys_batch.recall.merge_stage"):
         stats = run_merge(spark, cfg, D)
-    assert "skipped 1 configured channel(s)" in caplog.text
-    assert "recall_swing (no table)" in caplog.text
+    skipped = ["recall_swing (no table)", "recall_popular (no rows for dt=2026-11-20)"]
+    assert f"skipped 2 configured channel(s) without a list for dt=2026-11-20: {', '.join(skipped)}" in caplog.text
     assert "measured false-positive rate" in caplog.text
     assert [(s.table, s.rows) for s in stats] == [("exposure_bloom", 2), ("recall_merged", 4)]
+    # u1 without x (shown on D): itemcf [y, z], usercf [y, w]; u2 without b (shown two days ago)
     expected = merged_df(spark, [
         ("u1", "y", 3 / 61, 1, ["itemcf", "usercf"]), ("u1", "w", 2 / 62, 2, ["usercf"]),
-        ("u1", "v", 1 / 61, 3, ["popular"]),
-        ("u2", "a", 1 / 61, 1, ["itemcf"]),                # b was shown two days ago
+        ("u1", "z", 1 / 62, 3, ["itemcf"]),
+        ("u2", "a", 1 / 61, 1, ["itemcf"]),
     ])
     got = read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt")
     check(got, expected)
     metrics = json.loads(open(metrics_path(cfg.warehouse.root, D)).read())
     assert (metrics["users"], metrics["items"], metrics["probes"], metrics["target_fp_rate"]) == (2, 2, 100, 0.01)
-    assert metrics["skipped_channels"] == ["recall_swing (no table)"]
+    assert metrics["skipped_channels"] == skipped and metrics["channels"] == ["itemcf", "usercf"]
 
     run_merge(spark, cfg, D)  # a re-run replaces dt=D: same rows, no duplicates
     check(read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt"), expected)

@@ -502,9 +502,10 @@ def test_release_carries_the_exposure_filters_and_their_report(wh):
 
     cfg = _cfg(wh)
     bloom, m_bits, k = build_bloom(["i1", "i2"], 0.01)
-    replace_partition_arrow(pa.table({"user_id": ["u1"], "bloom": [bloom.save_bytes()], "n_items": [2],
-                                      "m_bits": [m_bits], "k_hashes": pa.array([k], pa.int32()), "fp_rate": [0.01],
-                                      "probes": [20], "probe_false_positives": [0]}), cfg.warehouse, "exposure_bloom", D1)
+    filters = pa.table({"user_id": ["u1"], "bloom": [bloom.save_bytes()], "n_items": [2], "m_bits": [m_bits],
+                        "k_hashes": pa.array([k], pa.int32()), "fp_rate": [0.01], "probes": [20],
+                        "probe_false_positives": [0]})
+    replace_partition_arrow(filters, cfg.warehouse, "exposure_bloom", D1)
     report = wh / "reports" / "merge" / f"dt={D1.isoformat()}" / "exposure_bloom.json"
     report.parent.mkdir(parents=True)
     report.write_text(json.dumps({"format": "rbloom-le64k-sha256-lcg128-v1", "measured_fp_rate": 0.0}))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import date
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from recsys_batch.config import Config, MatrixConfig
 from recsys_batch.errors import ConfigError, MissingInput
@@ -26,16 +28,19 @@ def metrics_path(root: str, run_date: date) -> str:
 
 def channel_lists(spark: SparkSession, cfg: Config, run_date: date) -> tuple[dict[str, DataFrame], list[str]]:
     """({channel: its recall_<channel> rows of D} for the configured channels that have them, notes on the
-    others: ``recall_hot (no table)`` / ``recall_geo (no rows for dt=D)``)."""
-    found, missing = {}, []
+    others: ``recall_hot (no table)`` / ``recall_geo (no rows for dt=D)``). One Spark job checks every
+    table's partition (at most one row per channel reaches the driver)."""
+    tables, missing = {}, []
     for channel in cfg.merge.channels:
-        table = f"recall_{channel}"
-        df = read_table(spark, cfg.warehouse, table, run_date, required=False)
-        if df is None or df.limit(1).count() == 0:
-            missing.append(f"{table} ({'no table' if df is None else f'no rows for dt={run_date}'})")
-            continue
-        found[channel] = df.drop(Col.DT)
-    return found, missing
+        df = read_table(spark, cfg.warehouse, f"recall_{channel}", run_date, required=False)
+        if df is None:
+            missing.append(f"recall_{channel} (no table)")
+        else:
+            tables[channel] = df.drop(Col.DT)
+    probes = [df.select(F.lit(c).alias("_c")).limit(1) for c, df in tables.items()]
+    present = {r[0] for r in functools.reduce(DataFrame.unionByName, probes).collect()} if probes else set()
+    missing += [f"recall_{c} (no rows for dt={run_date})" for c in tables if c not in present]
+    return {c: df for c, df in tables.items() if c in present}, missing
 
 
 def run_merge(spark: SparkSession, cfg: Config, run_date: date) -> list[TableStats]:
