@@ -251,7 +251,7 @@ class RecallConfig(_Model):
 
 #: merge channels in this order (snake) with these quotas: every ``recall_<channel>`` of this round
 DEFAULT_MERGE_QUOTAS = {
-    "itemcf": 100, "usercf": 100, "two_tower": 100, "ease": 100, "swing": 50, "item2vec": 50, "als": 50,
+    "itemcf": 150, "usercf": 150, "two_tower": 150, "ease": 150, "swing": 50, "item2vec": 50, "als": 50,
     "author": 30, "similar_author": 20, "fresh": 30, "hot": 30, "geo": 20, "new_users": 50, "popular": 30,
 }
 
@@ -269,8 +269,9 @@ class MergeConfig(_Model):
     quotas: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MERGE_QUOTAS))
     #: RRF constant k (60 in Cormack et al.: damps the weight of the very top ranks)
     rrf_k: float = Field(60.0, gt=0)
-    #: RRF weight per channel; a channel not listed weighs 1
-    weights: dict[str, float] = Field(default_factory=dict)
+    #: RRF weight per channel; a channel not listed weighs 1. popular and swing are down-weighted: with weight
+    #: 1 the popular head, present in every user's list, outranks personalised items (README measurement)
+    weights: dict[str, float] = Field(default_factory=lambda: {"popular": 0.3, "swing": 0.5})
     #: items per user in recall_merged (after the exposure filter)
     top_n: int = Field(500, ge=1)
     #: drop the items the user's exposure Bloom filter reports as shown
@@ -303,10 +304,11 @@ class MergeConfig(_Model):
 
     @model_validator(mode="after")
     def _weights(self) -> MergeConfig:
-        unknown = sorted(set(self.weights) - set(self.quotas))
-        if unknown:
-            raise ValueError(f"merge.weights names channel(s) without a quota: {', '.join(unknown)}; "
-                             f"channels: {', '.join(self.quotas)}")
+        known = [*self.quotas, *(c for c in DEFAULT_MERGE_QUOTAS if c not in self.quotas)]
+        unknown = sorted(set(self.weights) - set(known))
+        if unknown:  # a typo; a known channel left out of quotas keeps its (unused) weight
+            raise ValueError(f"merge.weights names unknown channel(s): {', '.join(unknown)}; "
+                             f"channels: {', '.join(known)}")
         neg = {c: w for c, w in self.weights.items() if w < 0}
         if neg:
             raise ValueError(f"merge.weights must be >= 0, got {neg}")

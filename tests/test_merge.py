@@ -181,7 +181,7 @@ def test_exposure_filter_drops_shown_items_before_the_quotas(spark):
 
 
 def test_merge_config_and_stage_wiring():
-    with pytest.raises(ConfigError, match="merge.weights names channel"):
+    with pytest.raises(ConfigError, match="merge.weights names unknown channel"):
         load_config(None, ["merge.weights={nope: 2}"])
     with pytest.raises(ConfigError, match="at least one channel needs a quota"):
         load_config(None, ["merge.quotas={itemcf: 0}"])
