@@ -278,7 +278,7 @@ class MergeConfig(_Model):
     filter_exposed: bool = True
     #: the event type that means "shown" (one of events.weights)
     exposure_event: str = "impression"
-    #: exposure window: impressions of the N days ending at D (events dt D-N+1 .. D)
+    #: exposure window: impressions with ts in the N days ending at D (from every events batch that can hold one)
     exposure_days: int = Field(7, ge=1)
     #: a user's newest N exposed items enter the filter (heavy-user cap; older ones may come back)
     max_exposed_items_per_user: int = Field(2000, ge=1)
