@@ -50,6 +50,14 @@ class Col:
     # two-tower exports
     EMBEDDING = "embedding"
     MODEL_VERSION = "model_version"
+    # merged recall and the exposure filter
+    CHANNELS = "channels"
+    BLOOM = "bloom"
+    M_BITS = "m_bits"
+    K_HASHES = "k_hashes"
+    FP_RATE = "fp_rate"
+    PROBES = "probes"
+    PROBE_HITS = "probe_false_positives"
 
 
 class FCol:

@@ -249,6 +249,75 @@ class RecallConfig(_Model):
     active_days: int | None = Field(None, ge=1)
 
 
+#: merge channels in this order (snake) with these quotas: every ``recall_<channel>`` of this round
+DEFAULT_MERGE_QUOTAS = {
+    "itemcf": 150, "usercf": 150, "two_tower": 150, "ease": 150, "swing": 50, "item2vec": 50, "als": 50,
+    "author": 30, "similar_author": 20, "fresh": 30, "hot": 30, "geo": 20, "new_users": 50, "popular": 30,
+}
+
+
+class MergeConfig(_Model):
+    """``recall_merged`` and the exposure filter ``exposure_bloom`` (:mod:`recsys_batch.recall.merge`,
+    :mod:`recsys_batch.recall.exposure`; README "Merged list and exposure filter")."""
+
+    #: ``rrf``: score = sum_c weight_c / (rrf_k + rank_c) (Cormack et al. 2009); ``snake``: round-robin over
+    #: the channels in ``quotas`` order, each turn the channel's best item not taken yet
+    method: Literal["rrf", "snake"] = "rrf"
+    #: channel -> max items taken from ``recall_<channel>`` per user (its best unexposed ones); the key order
+    #: is the snake order; a channel whose table has no dt=D partition is skipped with a log line; 0 = not
+    #: merged (an overlay's map is merged into the base one key by key, so 0 is how an overlay drops one)
+    quotas: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MERGE_QUOTAS))
+    #: RRF constant k (60 in Cormack et al.: damps the weight of the very top ranks)
+    rrf_k: float = Field(60.0, gt=0)
+    #: RRF weight per channel; a channel not listed weighs 1. popular and swing are down-weighted: with weight
+    #: 1 the popular head, present in every user's list, outranks personalised items (README measurement)
+    weights: dict[str, float] = Field(default_factory=lambda: {"popular": 0.3, "swing": 0.5})
+    #: items per user in recall_merged (after the exposure filter)
+    top_n: int = Field(500, ge=1)
+    #: drop the items the user's exposure Bloom filter reports as shown
+    filter_exposed: bool = True
+    #: the event type that means "shown" (one of events.weights)
+    exposure_event: str = "impression"
+    #: exposure window: impressions with ts in the N days ending at D (from every events batch that can hold one)
+    exposure_days: int = Field(7, ge=1)
+    #: a user's newest N exposed items enter the filter (heavy-user cap; older ones may come back)
+    max_exposed_items_per_user: int = Field(2000, ge=1)
+    #: target false-positive rate p of each user's filter (m = ceil(-n ln p / ln(2)^2), k = round(m/n ln 2))
+    bloom_fp_rate: float = Field(0.01, gt=0.0, lt=0.5)
+    #: per user, this many ids known not to be exposed are probed to measure the false-positive rate
+    fpr_probes_per_user: int = Field(20, ge=0)
+
+    @field_validator("quotas")
+    @classmethod
+    def _quotas(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {c: q for c, q in v.items() if q < 0}
+        if bad:
+            raise ValueError(f"quotas must be >= 0, got {bad}")
+        if not any(q > 0 for q in v.values()):
+            raise ValueError("at least one channel needs a quota > 0")
+        return v
+
+    @property
+    def channels(self) -> list[str]:
+        """The merged channels (quota > 0), in snake order."""
+        return [c for c, q in self.quotas.items() if q > 0]
+
+    @model_validator(mode="after")
+    def _weights(self) -> MergeConfig:
+        known = [*self.quotas, *(c for c in DEFAULT_MERGE_QUOTAS if c not in self.quotas)]
+        unknown = sorted(set(self.weights) - set(known))
+        if unknown:  # a typo; a known channel left out of quotas keeps its (unused) weight
+            raise ValueError(f"merge.weights names unknown channel(s): {', '.join(unknown)}; "
+                             f"channels: {', '.join(known)}")
+        neg = {c: w for c, w in self.weights.items() if w < 0}
+        if neg:
+            raise ValueError(f"merge.weights must be >= 0, got {neg}")
+        return self
+
+    def weight(self, channel: str) -> float:
+        return float(self.weights.get(channel, 1.0))
+
+
 class EvaluateConfig(_Model):
     """``published``: the ``recall_<channel>`` tables of D against what users did after D (truth_days of
     events, or ``truth_path``); ``rebuild``: the channels rebuilt on a split of D's window; ``both``."""
@@ -614,7 +683,7 @@ class PublishConfig(_Model):
     tables: list[str] = Field(default_factory=lambda: ["recall_two_tower", "item_embeddings"])
     optional_tables: list[str] = Field(default_factory=lambda: [
         "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf", "recall_swing", "recall_usercf",
-        "recall_popular", "user_embeddings"])
+        "recall_popular", "user_embeddings", "recall_merged", "exposure_bloom"])
     #: evaluate the new model on D's held-out hours and refuse to publish a bad one (recsys_batch.publish.gate)
     gate: bool = True
     #: the metric the gate compares (one of recall@K / ndcg@K with K in gate_ks)
@@ -687,6 +756,7 @@ class Config(_Model):
     swing: SwingConfig = SwingConfig()
     usercf: UserCFConfig = UserCFConfig()
     recall: RecallConfig = RecallConfig()
+    merge: MergeConfig = MergeConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     train: TrainConfig = TrainConfig()
     ranking: RankingConfig = RankingConfig()

@@ -95,7 +95,13 @@ STAGES: tuple[Stage, ...] = (
         doc="faiss item index (exact or HNSW/IVF), recall@100 check against exact search, recall_two_tower",
     ),
     Stage(
-        "evaluate", "recsys_batch.evaluation.evaluate:run_evaluate", upstream=("recall", "index"),
+        "merge", "recsys_batch.recall.merge_stage:run_merge", upstream=("recall", "index"),
+        outputs=("recall_merged", "exposure_bloom"),
+        doc="per-user Bloom filter of the items shown in the exposure window; the channel lists merged with "
+            "per-channel quotas (RRF or snake), exposed items dropped",
+    ),
+    Stage(
+        "evaluate", "recsys_batch.evaluation.evaluate:run_evaluate", upstream=("recall", "index", "merge"),
         doc="offline Recall/HitRate/NDCG/MRR, user and catalog coverage, novelty: the published recall tables of D "
             "against what users did after D (evaluate.truth_days or truth_path), and the channels rebuilt on a split",
     ),

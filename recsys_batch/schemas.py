@@ -95,6 +95,15 @@ RECALL = T.StructType([
     _f(Col.USER, S, False), _f(Col.ITEM, S, False), _f(Col.SCORE, D, False), _f(Col.RANK, I, False),
 ])
 RECALL_CHANNELS = ("itemcf", "swing", "usercf", "popular")
+#: recall_merged: RECALL plus the channels (sorted) whose quota list held the item
+RECALL_MERGED = T.StructType([*RECALL.fields, _f(Col.CHANNELS, T.ArrayType(S, False), False)])
+#: exposure_bloom: one serialized Bloom filter per user of the items shown in the exposure window
+#: (format and hashing: recsys_batch.recall.exposure); probes / probe_false_positives measure its FPR
+EXPOSURE_BLOOM = T.StructType([
+    _f(Col.USER, S, False), _f(Col.BLOOM, T.BinaryType(), False), _f(Col.N_ITEMS, L, False),
+    _f(Col.M_BITS, L, False), _f(Col.K_HASHES, I, False), _f(Col.FP_RATE, D, False), _f(Col.PROBES, L, False),
+    _f(Col.PROBE_HITS, L, False),
+])
 
 # ---- features and samples ------------------------------------------------------------------------------
 # The feature tables' columns depend on the config (windows, media types, genders, age buckets), so their

@@ -489,3 +489,28 @@ def test_pointer_log_wins_over_a_stale_mirror_and_old_areas_still_read(wh, tmp_p
     fs.rmtree(area / "_pointer")
     assert rel.read_pointer(cfg)["release"] == r1.release
     assert rel.rollback(cfg, D2)["seq"] == 1 and rel.read_pointer(cfg)["release"] == r2.release
+
+
+def test_release_carries_the_exposure_filters_and_their_report(wh):
+    """exposure_bloom / recall_merged (the merge stage) go into the same atomic release, and the filters load
+    from the published Parquet in this process as they would in serving."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_batch.io.delta_read import replace_partition_arrow
+    from recsys_batch.recall.exposure import build_bloom, load_bloom
+
+    cfg = _cfg(wh)
+    bloom, m_bits, k = build_bloom(["i1", "i2"], 0.01)
+    filters = pa.table({"user_id": ["u1"], "bloom": [bloom.save_bytes()], "n_items": [2], "m_bits": [m_bits],
+                        "k_hashes": pa.array([k], pa.int32()), "fp_rate": [0.01], "probes": [20],
+                        "probe_false_positives": [0]})
+    replace_partition_arrow(filters, cfg.warehouse, "exposure_bloom", D1)
+    report = wh / "reports" / "merge" / f"dt={D1.isoformat()}" / "exposure_bloom.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"format": "rbloom-le64k-sha256-lcg128-v1", "measured_fp_rate": 0.0}))
+    r = rel.run_publish(cfg, D1)
+    man = rel.verify_release(Path(r.path))
+    assert man["row_counts"]["exposure_bloom"] == 1 and "exposure_bloom.json" in man["files"]
+    row = pq.read_table(Path(r.path) / "tables" / "exposure_bloom" / "part-00000.parquet").to_pylist()[0]
+    assert "i1" in load_bloom(row["bloom"]) and "i2" in load_bloom(row["bloom"])

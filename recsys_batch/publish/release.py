@@ -17,6 +17,8 @@ URI :func:`recsys_batch.io.fs.resolve` understands (``hdfs://``, ``viewfs://``, 
         ranking/ranking.pt, ranking/ranking_meta.json, ...   the ranking model: D's, or the last accepted one
                                               when D's was refused by its gate (recsys_batch.ranking.release)
         feature_spec.json                     the spec of D's features (what serving encodes with)
+        exposure_bloom.json                   the exposure filters' format name and measured FPR (merge stage;
+                                              the filters themselves are tables/exposure_bloom)
     published/releases/.staging-<id>/         local / HDFS only: being written; never pointed at
 
 A pointer (log entry and mirror alike) is ``{"release", "run_date", "path", "switched_at", "seq"}``.
@@ -249,6 +251,11 @@ def _write_release(cfg: Config, run_date: date, target: str, release: str, gate:
     else:
         log.warning("publish %s: no %s; the release carries only the model's own spec (model/feature_spec.json)",
                     run_date, spec)
+    exposure = f"{root}/reports/merge/dt={run_date.isoformat()}/exposure_bloom.json"
+    if fs.is_file(exposure):  # format + measured FPR of tables/exposure_bloom (recsys_batch.recall.exposure)
+        d = _copy_file(exposure, fs.join(target, "exposure_bloom.json"))
+        if d is not None:
+            digests["exposure_bloom.json"] = {"sha256": d.sha256, "bytes": d.size}
     ckpt_extra = {}
     try:
         ckpt_extra = json.loads(read_raw_checkpoint(fs.join(mdl, "checkpoint.pt"))["extra"])

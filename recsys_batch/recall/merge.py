@@ -1,0 +1,141 @@
+"""The merged recall list ``recall_merged``: per user, each channel's best items within its quota, deduplicated,
+fused by reciprocal rank fusion (default) or a snake (round-robin) merge, exposed items dropped.
+
+Steps, per user u (config :class:`recsys_batch.config.MergeConfig`):
+
+1. candidates = the rows of every available ``recall_<c>`` (c a key of ``merge.quotas``);
+2. the exposure filter (:func:`recsys_batch.recall.exposure.drop_exposed`) drops the items u's Bloom filter
+   reports as shown -- before the quotas, so a shown item does not use up a channel's quota;
+3. rank_c(u, i) = i's position in c's remaining list (channel rank asc, item_id asc), kept if
+   rank_c <= quota_c;
+4. fusion, one row per distinct item, ``channels`` = the channels (sorted) whose quota list holds it:
+   * ``rrf``: score(u, i) = sum_{c : i in quota list of c} w_c / (k + rank_c(u, i)) (Cormack, Clarke &
+     Buettcher 2009, k = 60, w_c = ``merge.weights`` or 1); ranked by score desc, item_id asc;
+   * ``snake``: the channels take turns in ``quotas`` order; on its turn a channel gives its best item not
+     taken yet (so a duplicate costs no turn); score = 1 / rank;
+5. the top ``merge.top_n`` per user, rank 1..top_n.
+
+Output schema ``RECALL_MERGED`` (RECALL + ``channels``). Cost: one union of the channel rows (sum of the
+channel tables' dt=D rows), the filter's cogroup on user, one window on (user, channel), then RRF one
+aggregation on (user, item) + one window on user, or snake one groupBy(user).applyInPandas over at most
+sum(quotas) rows per user. Nothing reaches the driver.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_batch.config import MergeConfig
+from recsys_batch.errors import RecsysBatchError
+from recsys_batch.io.tables import require_columns
+from recsys_batch.recall.exposure import drop_exposed
+from recsys_batch.schemas import RECALL_MERGED, Col
+
+CHANNEL = "_channel"
+CHANNEL_RANK = "_channel_rank"
+_ORDER = "_order"
+
+
+def _literal_map(values: dict) -> Column:
+    return F.create_map(*itertools.chain.from_iterable((F.lit(k), F.lit(v)) for k, v in values.items()))
+
+
+def channel_candidates(lists: dict[str, DataFrame]) -> DataFrame:
+    """The union of the channel lists: (user_id, item_id, _channel, _channel_rank = the table's rank)."""
+    if not lists:
+        raise RecsysBatchError("merge: no channel list to merge")
+    out = None
+    for channel, df in lists.items():
+        require_columns(df, [Col.USER, Col.ITEM, Col.RANK], table=f"recall_{channel}", where="merge")
+        part = df.select(Col.USER, Col.ITEM, F.lit(channel).alias(CHANNEL),
+                         F.col(Col.RANK).cast("int").alias(CHANNEL_RANK))
+        out = part if out is None else out.unionByName(part)
+    return out
+
+
+def apply_quotas(candidates: DataFrame, quotas: dict[str, int]) -> DataFrame:
+    """Re-rank each (user, channel) list 1.. (channel rank asc, item_id asc) into ``_channel_rank`` and keep
+    rank <= quota of the channel; a channel without a quota keeps nothing."""
+    w = Window.partitionBy(Col.USER, CHANNEL).orderBy(F.col(CHANNEL_RANK).asc(), F.col(Col.ITEM).asc())
+    ranked = candidates.withColumn(CHANNEL_RANK, F.row_number().over(w))
+    return ranked.where(F.col(CHANNEL_RANK) <= F.element_at(_literal_map(quotas), F.col(CHANNEL)))
+
+
+def _conform(df: DataFrame) -> DataFrame:
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in RECALL_MERGED.fields])
+
+
+def rrf_fuse(quota_rows: DataFrame, cfg: MergeConfig) -> DataFrame:
+    """RRF over quota rows (user_id, item_id, _channel, _channel_rank): schema ``RECALL_MERGED``, top_n per user."""
+    weights = {c: cfg.weight(c) for c in cfg.quotas}
+    contrib = F.element_at(_literal_map(weights), F.col(CHANNEL)) / (F.lit(float(cfg.rrf_k)) + F.col(CHANNEL_RANK))
+    fused = (quota_rows.groupBy(Col.USER, Col.ITEM)
+             .agg(F.sum(contrib).alias(Col.SCORE), F.sort_array(F.collect_set(CHANNEL)).alias(Col.CHANNELS)))
+    w = Window.partitionBy(Col.USER).orderBy(F.col(Col.SCORE).desc(), F.col(Col.ITEM).asc())
+    return _conform(fused.withColumn(Col.RANK, F.row_number().over(w)).where(F.col(Col.RANK) <= cfg.top_n))
+
+
+def snake_order(lists: dict[str, list[str]], order: list[str], top_n: int) -> list[str]:
+    """Round-robin over ``order`` (channels missing from ``lists`` are skipped): on its turn a channel gives
+    its first item not taken yet; stops at ``top_n`` items or when every list is used up."""
+    taken: list[str] = []
+    seen: set[str] = set()
+    pos = {c: 0 for c in order if c in lists}
+    while len(taken) < top_n and pos:
+        for c in list(pos):
+            items, i = lists[c], pos[c]
+            while i < len(items) and items[i] in seen:
+                i += 1
+            if i >= len(items):
+                del pos[c]
+                continue
+            taken.append(items[i])
+            seen.add(items[i])
+            pos[c] = i + 1
+            if len(taken) == top_n:
+                break
+    return taken
+
+
+def _snake_user(pdf, order: list[str], top_n: int):  # noqa: ANN001, ANN202 - pandas in, pandas out
+    import pandas as pd
+
+    pdf = pdf.sort_values([CHANNEL, CHANNEL_RANK])
+    lists = {c: g[Col.ITEM].tolist() for c, g in pdf.groupby(CHANNEL, sort=False)}
+    provenance = pdf.groupby(Col.ITEM)[CHANNEL].agg(lambda s: sorted(set(s))).to_dict()
+    items = snake_order(lists, order, top_n)
+    ranks = list(range(1, len(items) + 1))
+    return pd.DataFrame({Col.USER: [pdf[Col.USER].iloc[0]] * len(items), Col.ITEM: items,
+                         Col.SCORE: [1.0 / r for r in ranks], Col.RANK: ranks,
+                         Col.CHANNELS: [provenance[i] for i in items]})
+
+
+def snake_fuse(quota_rows: DataFrame, cfg: MergeConfig) -> DataFrame:
+    """Snake merge over quota rows: schema ``RECALL_MERGED``, top_n per user, score = 1 / rank."""
+    order, top_n = cfg.channels, cfg.top_n
+
+    def snake(pdf):  # noqa: ANN001, ANN202
+        return _snake_user(pdf, order, top_n)
+
+    cols = quota_rows.select(Col.USER, Col.ITEM, CHANNEL, CHANNEL_RANK)
+    return _conform(cols.groupBy(Col.USER).applyInPandas(snake, RECALL_MERGED))
+
+
+def merge_recall(lists: dict[str, DataFrame], cfg: MergeConfig, blooms: DataFrame | None = None) -> DataFrame:
+    """``recall_merged`` from the channel lists ``{channel: recall_<channel> rows}`` (module doc); ``blooms``
+    (``exposure_bloom`` rows) drops exposed items when given and ``merge.filter_exposed``."""
+    unknown = sorted(set(lists) - set(cfg.quotas))
+    if unknown:
+        raise RecsysBatchError(f"merge: channel(s) {', '.join(unknown)} have no quota in merge.quotas "
+                               f"({', '.join(cfg.quotas)})")
+    cands = channel_candidates(lists)
+    if blooms is not None and cfg.filter_exposed:
+        cands = drop_exposed(cands, blooms)
+    rows = apply_quotas(cands, cfg.quotas)
+    return rrf_fuse(rows, cfg) if cfg.method == "rrf" else snake_fuse(rows, cfg)
+
+
+__all__ = ["apply_quotas", "channel_candidates", "merge_recall", "rrf_fuse", "snake_fuse", "snake_order"]

@@ -1,0 +1,90 @@
+"""The merge stage: ``exposure_bloom`` from D's exposure window, then ``recall_merged`` from the channel lists of D."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import date
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_batch.config import Config, MatrixConfig
+from recsys_batch.errors import ConfigError, MissingInput
+from recsys_batch.io import fs
+from recsys_batch.io.tables import TableStats, read_range, read_table, replace_partition
+from recsys_batch.matrix import events_partitions
+from recsys_batch.recall.exposure import bloom_metrics, build_exposure_bloom, exposed_items
+from recsys_batch.recall.merge import merge_recall
+from recsys_batch.schemas import Col
+
+log = logging.getLogger(__name__)
+
+
+def metrics_path(root: str, run_date: date) -> str:
+    return f"{root.rstrip('/')}/reports/merge/dt={run_date.isoformat()}/exposure_bloom.json"
+
+
+def channel_lists(spark: SparkSession, cfg: Config, run_date: date) -> tuple[dict[str, DataFrame], list[str]]:
+    """({channel: its recall_<channel> rows of D} for the configured channels that have them, notes on the
+    others: ``recall_hot (no table)`` / ``recall_geo (no rows for dt=D)``). One Spark job checks every
+    table's partition (at most one row per channel reaches the driver)."""
+    tables, missing = {}, []
+    for channel in cfg.merge.channels:
+        df = read_table(spark, cfg.warehouse, f"recall_{channel}", run_date, required=False)
+        if df is None:
+            missing.append(f"recall_{channel} (no table)")
+        else:
+            tables[channel] = df.drop(Col.DT)
+    probes = [df.select(F.lit(c).alias("_c")).limit(1) for c, df in tables.items()]
+    present = {r[0] for r in functools.reduce(DataFrame.unionByName, probes).collect()} if probes else set()
+    missing += [f"recall_{c} (no rows for dt={run_date})" for c in tables if c not in present]
+    return {c: df for c, df in tables.items() if c in present}, missing
+
+
+def run_merge(spark: SparkSession, cfg: Config, run_date: date) -> list[TableStats]:
+    """Write ``exposure_bloom`` and ``recall_merged`` for ``run_date`` (each one dt=D Delta commit).
+
+    ``exposure_bloom``: one Bloom filter per user of the items shown (``merge.exposure_event``) in the
+    ``merge.exposure_days`` ending at D, read from the ``events`` partitions that can hold them. The merge
+    reads the written partition back, so the filters it applies are the ones published. ``recall_merged``:
+    the ``recall_<channel>`` tables of D for the channels of ``merge.quotas``; a channel without a dt=D
+    partition is skipped with one log line naming them all (none at all is a :class:`MissingInput`). The
+    filters' measured false-positive rate is logged against ``merge.bloom_fp_rate`` and written to
+    ``<warehouse.root>/reports/merge/dt=D/exposure_bloom.json``.
+    """
+    wh, mc = cfg.warehouse, cfg.merge
+    if mc.exposure_event not in cfg.events.weights:
+        raise ConfigError(f"merge.exposure_event {mc.exposure_event!r} is not an event type of events.weights "
+                          f"({', '.join(cfg.events.types)})")
+    lists, missing = channel_lists(spark, cfg, run_date)
+    if missing:
+        log.info("merge %s: skipped %d configured channel(s) without a list for dt=%s: %s", run_date, len(missing),
+                 run_date, ", ".join(missing))
+    if not lists:
+        raise MissingInput(f"merge {run_date}: none of the channels of merge.quotas has a recall_<channel> "
+                           f"partition dt={run_date} ({', '.join(missing)}): run the recall stages for {run_date} "
+                           f"first")
+    log.info("merge %s: merging %s by %s into the top %d", run_date, ", ".join(lists), mc.method, mc.top_n)
+
+    first, last = events_partitions(run_date, MatrixConfig(lookback_days=mc.exposure_days), cfg.ingest)
+    events = read_range(spark, wh, "events", first, last)
+    stats = [replace_partition(build_exposure_bloom(exposed_items(events, run_date, mc), mc), wh, "exposure_bloom",
+                               run_date)]
+    blooms = read_table(spark, wh, "exposure_bloom", run_date).drop(Col.DT)
+    stats.append(replace_partition(merge_recall(lists, mc, blooms), wh, "recall_merged", run_date))
+
+    metrics: dict[str, Any] = {"run_date": run_date.isoformat(), "exposure_days": mc.exposure_days,
+                               "exposure_event": mc.exposure_event, **bloom_metrics(blooms),
+                               "channels": list(lists), "skipped_channels": missing}
+    log.info("exposure_bloom %s: %s users, %s items, %s bytes; measured false-positive rate %s (%s of %s probes), "
+             "expected %s, target p %s", run_date, f"{metrics['users']:,}", f"{metrics['items']:,}",
+             f"{metrics['bytes']:,}", _fmt(metrics["measured_fp_rate"]), metrics["false_positives"],
+             metrics["probes"], _fmt(metrics["expected_fp_rate"]), mc.bloom_fp_rate)
+    fs.write_json(metrics_path(wh.root, run_date), metrics, indent=2)
+    return stats
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,239 @@
+"""Merged recall and the exposure filter: Bloom sizing (exact values), no false negatives and a measured FPR near
+p, the serialized filter read in a fresh process and by the plain-Python serving spec, RRF and snake against
+hand-computed rows (quotas, dedup, channel provenance), the filter dropping shown items before the quotas, and
+the stage on a tiny warehouse (idempotent re-run, missing channels skipped, the table the release copies)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from chispa import assert_approx_df_equality
+
+from recsys_batch.config import MergeConfig, load_config
+from recsys_batch.errors import ConfigError, MissingInput
+from recsys_batch.io.delta_read import read_partition
+from recsys_batch.io.tables import read_table, replace_partition
+from recsys_batch.pipeline import STAGES, get_stage
+from recsys_batch.recall.exposure import (
+    bloom_contains, bloom_indexes, bloom_size, build_bloom, build_exposure_bloom, expected_fpr, exposed_items,
+    load_bloom, stable_hash, storage_bits,
+)
+from recsys_batch.recall.merge import merge_recall, snake_order
+from recsys_batch.recall.merge_stage import metrics_path, run_merge
+from recsys_batch.schemas import EVENTS, RECALL, RECALL_MERGED
+
+D = date(2026, 11, 20)
+
+
+def at(day: date, hh: int = 0) -> datetime:
+    return datetime(day.year, day.month, day.day, hh, tzinfo=timezone.utc)
+
+
+# ---- the Bloom filter (no Spark) -----------------------------------------------------------------------
+
+def test_bloom_sizing_exact_values():
+    # m = ceil(-n ln p / ln(2)^2), k = round(m/n ln 2):
+    # n=100, p=.01: 958.51 -> 959, 6.647 -> 7;  n=1: 9.585 -> 10, 6.93 -> 7
+    # n=1000, p=.001: 14377.59 -> 14378, 9.966 -> 10;  n=10, p=.1: 47.93 -> 48, 3.327 -> 3
+    assert bloom_size(100, 0.01) == (959, 7)
+    assert bloom_size(1, 0.01) == (10, 7)
+    assert bloom_size(1000, 0.001) == (14378, 10)
+    assert bloom_size(10, 0.1) == (48, 3)
+    assert [storage_bits(m) for m in (10, 64, 65, 959)] == [64, 64, 128, 960]
+    assert expected_fpr(1000, 9600, 7) == pytest.approx((1 - 2.718281828459045 ** (-7000 / 9600)) ** 7)
+    with pytest.raises(ValueError, match="n >= 1"):
+        bloom_size(0, 0.01)
+
+
+def test_filter_has_no_false_negatives_and_measured_fpr_close_to_p():
+    items = [f"item{j}" for j in range(1000)]
+    bloom, m_bits, k = build_bloom(items, 0.01)
+    assert (m_bits, k) == (9600, 7)
+    assert all(i in bloom for i in items)
+    probes = [f"never-shown-{j}" for j in range(5000)]
+    fpr = sum(p in bloom for p in probes) / len(probes)
+    # expected (1 - e^(-7000/9600))^7 = 0.00997; 5000 probes: standard error 0.0014
+    assert expected_fpr(1000, m_bits, k) == pytest.approx(0.00997, abs=5e-5)
+    assert 0.005 <= fpr <= 0.015, fpr
+
+
+def test_serialized_filter_is_the_documented_spec_and_reads_in_a_fresh_process(tmp_path):
+    bloom, m_bits, k = build_bloom(["only"], 0.01)
+    data = bloom.save_bytes()
+    # layout: k as uint64 LE, then m_bits bits LSB-first; exactly the bits of the spec's indexes are set
+    assert data[:8] == (7).to_bytes(8, "little") and len(data) == 8 + m_bits // 8 == 16
+    bits = {j for j in range(m_bits) if data[8 + j // 8] >> (j % 8) & 1}
+    assert bits == set(bloom_indexes("only", k, m_bits))
+    assert stable_hash("only") == int.from_bytes(__import__("hashlib").sha256(b"only").digest()[:16], "big",
+                                                 signed=True)
+
+    items = [f"i{j}" for j in range(300)]
+    big, _, _ = build_bloom(items, 0.01)
+    blob = big.save_bytes()
+    probes = items + [f"p{j}" for j in range(300)]
+    here = [p in big for p in probes]
+    assert here == [bloom_contains(blob, p) for p in probes]  # the plain-Python spec agrees with rbloom
+    (tmp_path / "f.bin").write_bytes(blob)
+    (tmp_path / "probes.json").write_text(json.dumps(probes))
+    code = ("import json, sys; from recsys_batch.recall.exposure import load_bloom;"
+            "b = load_bloom(open(sys.argv[1], 'rb').read());"
+            "print(json.dumps([p in b for p in json.load(open(sys.argv[2]))]))")
+    env = dict(os.environ, PYTHONHASHSEED="12345")  # another salt for str hash(): must not matter
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.bin"), str(tmp_path / "probes.json")],
+                         env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == here
+    assert all(here[:300])
+    assert load_bloom(blob) == big
+
+
+def test_snake_order_round_robin_skips_duplicates():
+    assert snake_order({"a": ["x", "y"], "b": ["x", "z"]}, ["a", "b"], 10) == ["x", "z", "y"]
+    assert snake_order({"a": ["x", "y", "w"], "b": ["z"]}, ["b", "a", "missing"], 3) == ["z", "x", "y"]
+    assert snake_order({}, ["a"], 3) == []
+
+
+# ---- merge on Spark --------------------------------------------------------------------------------------
+
+LISTS = {
+    # u1: z is beyond itemcf's quota 2, x beyond popular's quota 1; u2's ranks have gaps (re-ranked 1, 2)
+    "itemcf": [("u1", "x", 0.9, 1), ("u1", "y", 0.8, 2), ("u1", "z", 0.7, 3), ("u2", "a", 0.5, 3),
+               ("u2", "b", 0.4, 5)],
+    "usercf": [("u1", "y", 0.9, 1), ("u1", "w", 0.8, 2), ("u1", "x", 0.7, 3)],
+    "popular": [("u1", "v", 9.0, 1), ("u1", "x", 8.0, 2)],
+}
+QUOTAS = {"itemcf": 2, "usercf": 3, "popular": 1}
+
+
+def lists_df(spark, names=tuple(LISTS)):
+    return {c: spark.createDataFrame(LISTS[c], RECALL) for c in names}
+
+
+def merged_df(spark, rows):
+    return spark.createDataFrame(rows, RECALL_MERGED)
+
+
+def check(actual, expected):
+    assert_approx_df_equality(actual, expected, 1e-12, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_rrf_quotas_dedup_and_provenance(spark):
+    cfg = MergeConfig(quotas=QUOTAS, weights={"usercf": 2.0}, rrf_k=60, top_n=3)
+    # x: itemcf 1, usercf 3 -> 1/61 + 2/63 = 0.04814; y: itemcf 2, usercf 1 -> 1/62 + 2/61 = 0.04892
+    # w: usercf 2 -> 2/62 = 0.03226; v: popular 1 -> 1/61 (cut by top_n 3); z and popular's x: beyond quota
+    expected = merged_df(spark, [
+        ("u1", "y", 1 / 62 + 2 / 61, 1, ["itemcf", "usercf"]),
+        ("u1", "x", 1 / 61 + 2 / 63, 2, ["itemcf", "usercf"]),
+        ("u1", "w", 2 / 62, 3, ["usercf"]),
+        ("u2", "a", 1 / 61, 1, ["itemcf"]),
+        ("u2", "b", 1 / 62, 2, ["itemcf"]),
+    ])
+    check(merge_recall(lists_df(spark), cfg), expected)
+
+
+def test_snake_merge_order_and_provenance(spark):
+    cfg = MergeConfig(method="snake", quotas=QUOTAS, top_n=10)
+    # quota lists: itemcf [x, y], usercf [y, w, x], popular [v]
+    # turn 1: itemcf x, usercf y, popular v; turn 2: itemcf's y is taken (list used up), usercf w; then done
+    expected = merged_df(spark, [
+        ("u1", "x", 1.0, 1, ["itemcf", "usercf"]), ("u1", "y", 1 / 2, 2, ["itemcf", "usercf"]),
+        ("u1", "v", 1 / 3, 3, ["popular"]), ("u1", "w", 1 / 4, 4, ["usercf"]),
+        ("u2", "a", 1.0, 1, ["itemcf"]), ("u2", "b", 1 / 2, 2, ["itemcf"]),
+    ])
+    check(merge_recall(lists_df(spark), cfg), expected)
+
+
+def test_exposure_filter_drops_shown_items_before_the_quotas(spark):
+    cfg = MergeConfig(quotas=QUOTAS, weights={"usercf": 2.0}, top_n=3, exposure_days=7,
+                      max_exposed_items_per_user=2, bloom_fp_rate=0.001)
+    ev = [
+        ("u1", "x", "impression", at(D, 5)),                      # shown on D: dropped from every channel
+        ("u1", "w", "impression", at(D - timedelta(days=7), 5)),  # 8 days before the end of D: outside
+        ("u1", "v", "click", at(D, 6)),                           # a click is not an impression
+        ("u3", "p", "impression", at(D, 1)), ("u3", "q", "impression", at(D, 2)),
+        ("u3", "r", "impression", at(D, 3)), ("u3", "r", "impression", at(D, 0)),
+    ]
+    events = spark.createDataFrame([(*e, None, None, None) for e in ev], EVENTS)
+    shown = exposed_items(events, D, cfg)
+    # u3 keeps its newest 2 distinct items (r at 03:00, q at 02:00); p falls to the cap
+    assert sorted((r.user_id, r.item_id) for r in shown.collect()) == [("u1", "x"), ("u3", "q"), ("u3", "r")]
+    blooms = build_exposure_bloom(shown, cfg)
+    rows = {r.user_id: r for r in blooms.collect()}
+    assert (rows["u1"].n_items, rows["u1"].m_bits, rows["u1"].k_hashes, rows["u1"].fp_rate) == (1, 64, 10, 0.001)
+    assert (rows["u3"].n_items, rows["u3"].probes) == (2, 20)
+    assert "x" in load_bloom(rows["u1"].bloom) and "q" in load_bloom(rows["u3"].bloom)
+    assert not any(i in load_bloom(rows["u1"].bloom) for i in ("y", "z", "w", "v"))
+    # without x: itemcf quota 2 takes y, z; usercf [y, w]; popular [v]
+    # y = 1/61 + 2/61, w = 2/62, v = 1/61 > z = 1/62 (cut by top_n)
+    expected = merged_df(spark, [
+        ("u1", "y", 3 / 61, 1, ["itemcf", "usercf"]), ("u1", "w", 2 / 62, 2, ["usercf"]),
+        ("u1", "v", 1 / 61, 3, ["popular"]),
+        ("u2", "a", 1 / 61, 1, ["itemcf"]), ("u2", "b", 1 / 62, 2, ["itemcf"]),
+    ])
+    check(merge_recall(lists_df(spark), cfg, blooms), expected)
+    off = merge_recall(lists_df(spark), cfg.model_copy(update={"filter_exposed": False}), blooms)
+    assert [r.item_id for r in off.where("user_id = 'u1'").orderBy("rank").collect()] == ["y", "x", "w"]
+
+
+def test_merge_config_and_stage_wiring():
+    with pytest.raises(ConfigError, match="merge.weights names unknown channel"):
+        load_config(None, ["merge.weights={nope: 2}"])
+    with pytest.raises(ConfigError, match="at least one channel needs a quota"):
+        load_config(None, ["merge.quotas={itemcf: 0}"])
+    assert load_config(None, ["merge.quotas={itemcf: 0, swing: 5}"]).merge.channels == ["swing"]
+    cfg = load_config(None)
+    assert cfg.merge.method == "rrf" and cfg.merge.rrf_k == 60 and cfg.merge.bloom_fp_rate == 0.01
+    assert {"hot", "fresh", "author", "similar_author", "geo", "new_users", "item2vec", "ease", "als",
+            "two_tower", "itemcf"} <= set(cfg.merge.quotas)
+    assert {"recall_merged", "exposure_bloom"} <= set(cfg.publish.optional_tables)
+    names = [s.name for s in STAGES]
+    assert names.index("index") < names.index("merge") < names.index("evaluate")
+    assert get_stage("merge").outputs == ("recall_merged", "exposure_bloom")
+    assert "merge" in get_stage("evaluate").upstream
+
+
+# ---- the stage -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_run_merge_skips_missing_channels_and_is_idempotent(spark, make_cfg, caplog):
+    cfg = make_cfg("merge.quotas={itemcf: 2, swing: 5, usercf: 3, popular: 1, hot: 0}", "merge.weights={usercf: 2.0}",
+                   "merge.top_n=3", "merge.fpr_probes_per_user=50")
+    with pytest.raises(MissingInput, match="recall_itemcf \\(no table\\)"):
+        run_merge(spark, cfg, D)
+    for c, df in lists_df(spark).items():  # swing: no table; hot: not merged (quota 0); popular: not for D
+        replace_partition(df, cfg.warehouse, f"recall_{c}", D - timedelta(days=1 if c == "popular" else 0),
+                          count=False)
+    shown = [("u1", "x", "impression", at(D, 5), None, None, None),
+             ("u2", "b", "impression", at(D - timedelta(days=2), 5), None, None, None)]  # arrived late, in D
+    replace_partition(spark.createDataFrame(shown, EVENTS), cfg.warehouse, "events", D, count=False)
+
+    with caplog.at_level(logging.INFO, logger="recsys_batch.recall.merge_stage"):
+        stats = run_merge(spark, cfg, D)
+    skipped = ["recall_swing (no table)", "recall_popular (no rows for dt=2026-11-20)"]
+    assert f"skipped 2 configured channel(s) without a list for dt=2026-11-20: {', '.join(skipped)}" in caplog.text
+    assert "measured false-positive rate" in caplog.text
+    assert [(s.table, s.rows) for s in stats] == [("exposure_bloom", 2), ("recall_merged", 4)]
+    # u1 without x (shown on D): itemcf [y, z], usercf [y, w]; u2 without b (shown two days ago)
+    expected = merged_df(spark, [
+        ("u1", "y", 3 / 61, 1, ["itemcf", "usercf"]), ("u1", "w", 2 / 62, 2, ["usercf"]),
+        ("u1", "z", 1 / 62, 3, ["itemcf"]),
+        ("u2", "a", 1 / 61, 1, ["itemcf"]),
+    ])
+    got = read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt")
+    check(got, expected)
+    metrics = json.loads(open(metrics_path(cfg.warehouse.root, D)).read())
+    assert (metrics["users"], metrics["items"], metrics["probes"], metrics["target_fp_rate"]) == (2, 2, 100, 0.01)
+    assert metrics["skipped_channels"] == skipped and metrics["channels"] == ["itemcf", "usercf"]
+
+    run_merge(spark, cfg, D)  # a re-run replaces dt=D: same rows, no duplicates
+    check(read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt"), expected)
+    assert read_table(spark, cfg.warehouse, "exposure_bloom", D).count() == 2
+    # what the (JVM-free) publish stage copies into the release: delta-rs -> Arrow; the bytes load as filters
+    pub = read_partition(cfg.warehouse, "exposure_bloom", D).to_pylist()
+    by_user = {r["user_id"]: load_bloom(r["bloom"]) for r in pub}
+    assert "x" in by_user["u1"] and "b" in by_user["u2"]
