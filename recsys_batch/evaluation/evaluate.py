@@ -2,8 +2,8 @@
 
 ``published`` -- what shipped: the ``recall_<channel>`` tables of D (every ``recall_*`` Delta table of the
 warehouse with rows for dt=D: the recall stage's, ``recall_two_tower``, the other channels and
-``recall_merged``; columns beyond user_id, item_id, rank are ignored) against what users did *after* the lists were built: the positive
-events with ts in the ``evaluate.truth_days`` days after D (events partitions D+1 .. D+N), or an explicit
+``recall_merged``; columns beyond user_id, item_id, rank are ignored) against what users did *after* the
+lists were built: the positive events with ts in the ``evaluate.truth_days`` days after D (events partitions D+1 .. D+N), or an explicit
 truth table (``evaluate.truth_path``). Items a user already has in D's ``user_item_matrix`` are not truth.
 A user the stage built no list for scores zero, so a coverage hole shows up in the metrics and in
 ``users_with_list``. Without truth (the daily run of D, before D+1 is ingested) the mode is skipped with a

@@ -228,14 +228,16 @@ def coverage_novelty(recs: DataFrame, train_matrix: DataFrame, ks: list[int], ch
         for k in ks:
             c = F.col(f"_c_{k}")
             entries = F.sum(c)
-            aggs.append((F.count(F.when(F.col("_best") <= k, 1)) / F.lit(float(max(catalog, 1)))).alias(f"coverage_{k}"))
+            shown = F.count(F.when(F.col("_best") <= k, 1))
+            aggs.append((shown / F.lit(float(max(catalog, 1)))).alias(f"coverage_{k}"))
             aggs.append(F.when(entries > 0, F.sum(c * nov) / entries).alias(f"novelty_{k}"))
             aggs.append(F.when(entries > 0, F.sum(c * F.col(_PCT)) / entries).alias(f"pop_percentile_{k}"))
         per = per_item.groupBy(CHANNEL).agg(*aggs).collect()
     finally:
         per_item.unpersist()
     spark = recs.sparkSession
-    out = (_channels_df(spark, channels).join(spark.createDataFrame(per, schema=_agg_schema(ks)), on=CHANNEL, how="left")
+    per_df = spark.createDataFrame(per, schema=_agg_schema(ks))
+    out = (_channels_df(spark, channels).join(per_df, on=CHANNEL, how="left")
            .fillna(0.0, subset=[f"coverage_{k}" for k in ks]))
     return out.withColumn("catalog_items", F.lit(catalog).cast("long"))
 
