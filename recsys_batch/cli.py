@@ -216,16 +216,22 @@ def render_metrics(res: Any, title: str = "") -> None:
     top = max(res.ks) if res.ks else None
     cols = (["channel", "lists"] + [c for c in res.columns if c.startswith(("recall@", "ndcg@"))] + ["mrr"]
             + [f"{m}@{top}" for m in ("coverage", "pop_percentile", "unique_hits") if top is not None])
+    short = {"coverage": "cov", "pop_percentile": "pop%", "unique_hits": "uniq"}   # the table fits 160 columns
     for c in cols:
-        t.add_column(c, justify="left" if c == "channel" else "right")
+        name, _, k = c.partition("@")
+        t.add_column(f"{short.get(name, name)}@{k}" if k else c, justify="left" if c == "channel" else "right",
+                     no_wrap=True)
     for r in res.rows:
         lists = f"{r.get('users_with_list', 0):,}/{r.get('users', 0):,}"
         t.add_row(*[lists if c == "lists" else f"{r[c]:.4f}" if isinstance(r.get(c), float)
                     else "-" if r.get(c) is None else str(r[c]) for c in cols])
     console.print(t)
     truth_pct = res.extra.get("truth_pop_percentile")
-    if truth_pct is not None:
-        console.print(f"pop_percentile of the held-out truth: {truth_pct:.4f} (a list above it leans to popular items)")
+    if top is not None and res.rows:
+        console.print(f"cov = catalog coverage, pop% = mean popularity percentile of the items (held-out truth: "
+                      f"{'-' if truth_pct is None else f'{truth_pct:.4f}'}; above it a list leans to popular items), "
+                      f"uniq = hits no other channel has at K (report: `recsys-batch report --date {res.run_date}`)",
+                      markup=False, highlight=False)
     missing = res.extra.get("channels_without_lists")
     if missing:
         console.print(f"not evaluated: {', '.join(missing)}")
