@@ -223,21 +223,32 @@ def render_metrics(res: Any, title: str = "") -> None:
     else:
         head = f"{title} rebuild split={res.split} train<= {res.train_date} test users={res.test_users:,}"
     t = Table(title=f"{head} catalog={res.catalog_items:,}")
-    # all of them are in the JSON; users_with_list / users is shown as one "lists" column
-    cols = [c for c in res.columns if not c.startswith(("hit_rate", "novelty", "users", "user_coverage"))]
-    cols.insert(1, "lists")
+    # all of them are in the JSON and the HTML report; here: recall and NDCG at every K, MRR, and at the
+    # largest K catalog coverage, popularity percentile and unique hits; users_with_list / users as "lists"
+    top = max(res.ks) if res.ks else None
+    cols = (["channel", "lists"] + [c for c in res.columns if c.startswith(("recall@", "ndcg@"))] + ["mrr"]
+            + [f"{m}@{top}" for m in ("coverage", "pop_percentile", "unique_hits") if top is not None])
+    short = {"coverage": "cov", "pop_percentile": "pop%", "unique_hits": "uniq"}   # the table fits 160 columns
     for c in cols:
-        t.add_column(c, justify="left" if c == "channel" else "right")
+        name, _, k = c.partition("@")
+        t.add_column(f"{short.get(name, name)}@{k}" if k else c, justify="left" if c == "channel" else "right",
+                     no_wrap=True)
     for r in res.rows:
         lists = f"{r.get('users_with_list', 0):,}/{r.get('users', 0):,}"
-        t.add_row(*[lists if c == "lists" else f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "-"))
-                    for c in cols])
+        t.add_row(*[lists if c == "lists" else f"{r[c]:.4f}" if isinstance(r.get(c), float)
+                    else "-" if r.get(c) is None else str(r[c]) for c in cols])
     console.print(t)
+    truth_pct = res.extra.get("truth_pop_percentile")
+    if top is not None and res.rows:
+        console.print(f"cov = catalog coverage, pop% = mean popularity percentile of the items (held-out truth: "
+                      f"{'-' if truth_pct is None else f'{truth_pct:.4f}'}; above it a list leans to popular items), "
+                      f"uniq = hits no other channel has at K (report: `recsys-batch report --date {res.run_date}`)",
+                      markup=False, highlight=False)
     missing = res.extra.get("channels_without_lists")
     if missing:
         console.print(f"not evaluated: {', '.join(missing)}")
     if res.path:
-        console.print(f"report: {res.path}")
+        console.print(f"metrics: {res.path}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _stage_command(stage_name: str, doc: str) -> None:
@@ -381,6 +392,31 @@ def import_movielens_cmd(
     overlay = Path(out) / "movielens.yaml"
     console.print(f"next: recsys-batch backfill --conf {overlay} --from {res.get('last_date')} "
                   f"--to {res.get('last_date')}")
+
+
+def evaluate_command(run_date: date, conf: str | None, overrides: list[str] | None) -> str:
+    """The ``recsys-batch evaluate`` command line for this date, --conf and --set (shell-quoted)."""
+    import shlex
+
+    args = ["recsys-batch", "evaluate", "--date", run_date.isoformat()]
+    args += ["--conf", conf] if conf else []
+    for o in overrides or []:
+        args += ["--set", o]
+    return shlex.join(args)
+
+
+@app.command("report")
+@_friendly
+def report_cmd(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None) -> None:
+    """Write the evaluation of D (its metrics JSON) as one self-contained HTML page with the plots embedded,
+    beside it: <warehouse.root>/reports/evaluate/dt=D/report.html. Needs `recsys-batch evaluate --date D`
+    first. Prints the path."""
+    from recsys_batch.evaluation.html import write_report
+
+    cfg = _cfg(conf, set_)
+    run_date = _date(date_)
+    path = write_report(cfg.warehouse.root, run_date, evaluate_command(run_date, conf, set_))
+    console.print(path, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("show")
@@ -710,6 +746,11 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         r = results["train_ranking"]
         console.print(f"ranking model {end}: gate {r.gate} on {r.holdout_rows:,} held-out impressions\n{r.table}",
                       markup=False, highlight=False)
+    if "evaluate" in results:
+        from recsys_batch.evaluation.html import write_report
+
+        console.print(f"report: {write_report(cfg.warehouse.root, end)}", markup=False, highlight=False,
+                      soft_wrap=True)
     if "publish" in results:
         render_release(cfg)
     tt = Table(title="steps")

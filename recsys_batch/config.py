@@ -328,7 +328,10 @@ class EvaluateConfig(_Model):
     holdout_ratio: float = Field(0.2, gt=0.0, lt=1.0)
     #: time: events in the last N days are held out
     holdout_days: int = Field(1, ge=1)
-    ks: list[int] = Field(default_factory=lambda: [20, 50, 100])
+    #: cut-offs of every per-K metric (all computed from the same passes over the lists)
+    ks: list[int] = Field(default_factory=lambda: [50, 100, 200, 500])
+    #: channels left out of the unique-hit overlap (they mix the others' lists; their unique_hits is null)
+    overlap_exclude: list[str] = Field(default_factory=lambda: ["merged"])
     #: rebuild mode: the channels rebuilt (published mode scores every recall_<channel> table of D)
     channels: list[str] = Field(default_factory=lambda: ["itemcf", "swing", "usercf", "popular"])
     #: published mode: truth = positive events with ts in the N days after D (events dt D+1 .. D+N)

@@ -85,6 +85,11 @@ def bad_arguments(p: dict[str, str]) -> dict[str, list[tuple[list[str], str]]]:
                   f"error: warehouse.root {p['missing']} does not exist"),
                  (["events", "--date", "2026-13-01"], "error: --date must be YYYY-MM-DD, got '2026-13-01'"),
                  ([], "error: Missing argument 'table'.")],
+        "report": [(["--date", "2026-11-20", "--set", f"warehouse.root={p['empty']}"],
+                    f"error: no evaluation metrics for 2026-11-20: {p['empty']}/reports/evaluate/dt=2026-11-20/"
+                    f"metrics.json does not exist; `recsys-batch evaluate --date 2026-11-20 --set "
+                    f"warehouse.root={p['empty']}` writes it"),
+                   (["--date", "11/20"], "error: --date must be YYYY-MM-DD, got '11/20'")],
         "status": [(["--set", f"warehouse.root={p['missing']}"], f"error: warehouse.root {p['missing']} does not exist"),
                    (["--date", "x"], "error: --date must be YYYY-MM-DD, got 'x'"),
                    (["--limit", "0"], "error: --limit must be at least 1, got 0")],

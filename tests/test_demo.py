@@ -40,6 +40,10 @@ def test_demo_end_to_end(spark, tmp_path):
     assert m.count() > 0 and m.where("score <= 0").count() == 0
     # the generator plants bad rows: they are quarantined, not lost
     assert read_table(spark, cfg.warehouse, "rejected_events").count() > 0
+    # the evaluation's HTML report, printed after its table, beside the metrics JSON, with its plots embedded
+    (report,) = [ln[len("report: "):] for ln in res.output.splitlines() if ln.startswith("report: ")]
+    assert report == f"{tmp_path}/wh/reports/evaluate/dt=2026-11-20/report.html"
+    assert open(report).read().count("data:image/png;base64,") >= 4
     # the release's gate table: the new model beside yesterday's (leak-free) ItemCF and popular lists
     from recsys_batch.publish.release import current_release
 

@@ -13,8 +13,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_batch.config import GenerateConfig
+from chispa import assert_df_equality
+
 from recsys_batch.evaluation import coverage_novelty, per_user_metrics, ranking_metrics, split_time, split_user_chrono
-from recsys_batch.evaluation.evaluate import evaluate_published, run_evaluate, truth_from_events
+from recsys_batch.evaluation.evaluate import channel_order, evaluate_published, run_evaluate, truth_from_events
+from recsys_batch.evaluation.metrics import hit_overlap, item_popularity, list_hits, truth_pop_percentile, union_hits
 from recsys_batch.io.tables import replace_partition
 from recsys_batch.schemas import EVENTS, RECALL, USER_ITEM_MATRIX, Col
 
@@ -63,17 +66,57 @@ def test_ranking_metrics_hand_computed(spark):
     assert agg["none"].users == 3 and agg["none"].recall_4 == 0.0 and agg["none"].users_with_list == 0
 
 
-def test_coverage_and_novelty(spark):
+def test_coverage_novelty_popularity_hand_computed(spark):
     m = spark.createDataFrame([("u1", "a"), ("u1", "b"), ("u2", "a"), ("u3", "a"), ("u3", "c"), ("u4", "d")],
-                              "user_id string, item_id string")  # pop: a 3/4, b c d 1/4; catalog 4
+                              "user_id string, item_id string")
+    # n_i: a 3, b c d 1; |U| = 4, M = {a, b, c, d}; pct(a) = 3/4 (b, c, d are less popular), pct(b|c|d) = 0
+    pop = item_popularity(m)
+    assert (pop.train_users, pop.matrix_items) == (4, 4)
+    assert {r.item_id: r._pop_pct for r in pop.items.collect()} == {"a": 0.75, "b": 0.0, "c": 0.0, "d": 0.0}
     recs = recs_df(spark, [("x", "u1", "c", 1), ("x", "u1", "d", 2), ("x", "u2", "a", 1), ("x", "u2", "b", 2),
-                           ("x", "u3", "e", 1)])  # e is not in the catalog: counted in neither
-    got = {r.channel: r for r in coverage_novelty(recs, m, [1, 2], ["x", "y"]).collect()}
+                           ("x", "u3", "e", 1),              # e: a cold item (not in the matrix): n_e = 0
+                           ("x", "u3", "f", 3)])             # beyond max K: not counted anywhere
+    got = {r.channel: r for r in coverage_novelty(recs, m, [1, 2], ["x", "y"], pop).collect()}
     x = got["x"]
-    assert x.coverage_1 == 0.5 and x.coverage_2 == 1.0
-    assert math.isclose(x.novelty_1, (2 + -L2(0.75)) / 2)
-    assert math.isclose(x.novelty_2, (2 + 2 + -L2(0.75) + 2) / 4)
-    assert got["y"].coverage_2 == 0.0 and got["y"].novelty_2 is None
+    # catalog C = M | {e} = 5 items; top 1: {c, a, e}; top 2: {c, d, a, b, e}
+    assert x.catalog_items == got["y"].catalog_items == 5
+    assert x.coverage_1 == 3 / 5 and x.coverage_2 == 1.0
+    nov = lambda n: -L2((n + 1) / 5)  # noqa: E731  -log2((n_i + 1) / (|U| + 1))
+    assert math.isclose(x.novelty_1, (nov(1) + nov(3) + nov(0)) / 3)
+    assert math.isclose(x.novelty_2, (3 * nov(1) + nov(3) + nov(0)) / 5)
+    assert math.isclose(x.pop_percentile_1, 0.75 / 3) and math.isclose(x.pop_percentile_2, 0.75 / 5)
+    y = got["y"]
+    assert (y.coverage_2, y.novelty_2, y.pop_percentile_2) == (0.0, None, None)
+
+    test = spark.createDataFrame([("u1", "a"), ("u2", "b"), ("u2", "b"), ("u9", "z")], "user_id string, item_id string")
+    assert math.isclose(truth_pop_percentile(test, pop), (0.75 + 0 + 0) / 3)  # distinct pairs; z is cold: 0
+
+
+def test_hits_and_unique_hits_hand_computed(spark):
+    test = spark.createDataFrame([("A", "a"), ("A", "b"), ("B", "c")], "user_id string, item_id string")
+    recs = spark.createDataFrame([
+        ("x", "A", "a", 1, None), ("x", "A", "a", 2, None), ("x", "A", "b", 2, None), ("x", "B", "c", 2, None),
+        ("y", "A", "b", 1, None), ("y", "A", "a", 3, None), ("y", "B", "z", 1, None),   # a@3: beyond max K
+        ("merged", "A", "a", 1, ["x"]), ("merged", "A", "b", 2, ["x", "y"]), ("merged", "B", "c", 1, ["x"]),
+    ], "channel string, user_id string, item_id string, rank int, channels array<string>")  # extra column: ignored
+    hits = list_hits(recs, test, 2)
+    expected = spark.createDataFrame([
+        ("x", "A", "a", 1), ("x", "A", "b", 2), ("x", "B", "c", 2), ("y", "A", "b", 1),
+        ("merged", "A", "a", 1), ("merged", "A", "b", 2), ("merged", "B", "c", 1)],
+        "channel string, user_id string, item_id string, rank int")
+    assert_df_equality(hits, expected, ignore_row_order=True, ignore_column_order=True, ignore_nullable=True)
+
+    got = {r.channel: r.asDict() for r in hit_overlap(hits, [1, 2], ["x", "y", "merged", "none"]).collect()}
+    # K=1: x finds (A,a), y (A,b) -- each alone; (B,c) only merged has at 1 (merged takes no part)
+    # K=2: (A,a) x alone, (A,b) x and y, (B,c) x alone (merged still out)
+    assert {c: (r["hits_1"], r["unique_hits_1"], r["hits_2"], r["unique_hits_2"]) for c, r in got.items()} == {
+        "x": (1, 1, 3, 2), "y": (1, 1, 1, 0), "merged": (2, None, 3, None), "none": (0, 0, 0, 0)}
+    assert (got["x"]["credit_2"], got["y"]["credit_2"]) == (2.5, 0.5)
+    assert union_hits(list(got.values()), [1, 2]) == {"union_hits@1": 2, "union_hits@2": 3}
+    # nothing excluded: merged shares (A,a)@1 with x; alone at 1: y's (A,b), merged's (B,c); at 2 nobody
+    got_all = {r.channel: r for r in hit_overlap(hits, [1, 2], ["x", "y", "merged"], exclude=()).collect()}
+    assert [(got_all[c].unique_hits_1, got_all[c].unique_hits_2) for c in ("x", "y", "merged")] == [
+        (0, 0), (1, 0), (1, 0)]
 
 
 @pytest.fixture()
@@ -139,11 +182,20 @@ def check_published(res):
     # ItemCF: lists for u1, u2 of 4 test users; u1 hits d@1 (1 of 2), u2 hits d@2 (1 of 1); u3, u4 score 0
     assert (itemcf["users"], itemcf["users_with_list"], itemcf["user_coverage"]) == (4, 2, 0.5)
     assert (itemcf["recall@1"], itemcf["recall@2"], itemcf["mrr"]) == (0.5 / 4, 1.5 / 4, 1.5 / 4)
-    assert itemcf["coverage@2"] == 0.0                     # d, x, y are not in the matrix catalog {a, b, c}
+    # catalog: matrix items {a, b, c} + listed items {d, x, y} = 6; itemcf shows d, x, y; popular at 1: x, d, a
+    assert res.catalog_items == 6 and res.extra["matrix_items"] == 3
+    assert itemcf["coverage@2"] == 0.5
     # popular: u1 d@2, u2 d@1, u3 a@1
     assert (popular["users"], popular["users_with_list"], popular["user_coverage"]) == (4, 3, 0.75)
     assert (popular["recall@1"], popular["recall@2"], popular["mrr"]) == (2 / 4, 2.5 / 4, 2.5 / 4)
-    assert math.isclose(popular["coverage@1"], 1 / 3)
+    assert popular["coverage@1"] == 0.5
+    # popularity: n_a = 2, n_b = n_c = 1 -> pct(a) = 2/3, else 0; popular's top 1 = x, d, a
+    assert math.isclose(popular["pop_percentile@1"], (2 / 3) / 3) and itemcf["pop_percentile@2"] == 0.0
+    assert math.isclose(res.extra["truth_pop_percentile"], (2 / 3) / 5)   # test pairs u1 d, u1 e, u2 d, u3 a, u4 d
+    # overlap: at 1 itemcf alone has (u1,d), popular alone (u2,d), (u3,a); at 2 both have u1's and u2's d
+    assert (itemcf["hits@1"], itemcf["unique_hits@1"], itemcf["hits@2"], itemcf["unique_hits@2"]) == (1, 1, 2, 0)
+    assert (popular["hits@1"], popular["unique_hits@1"], popular["hits@2"], popular["unique_hits@2"]) == (2, 2, 3, 1)
+    assert (res.extra["union_hits@1"], res.extra["union_hits@2"]) == (3, 3)
 
 
 def test_evaluate_published_coverage_hand_computed(spark):
@@ -155,7 +207,7 @@ def test_evaluate_published_coverage_hand_computed(spark):
     check_published(res)
     assert [r["channel"] for r in res.rows] == ["itemcf", "popular", "swing"]
     assert (res.row("swing")["users_with_list"], res.row("swing")["recall@2"]) == (0, 0.0)
-    assert res.source == "literal truth" and res.train_date == D and res.catalog_items == 3
+    assert res.source == "literal truth" and res.train_date == D
 
 
 def test_truth_from_events_after_d_only(spark):
@@ -175,7 +227,12 @@ def test_truth_from_events_after_d_only(spark):
 def test_run_evaluate_published_mode(spark, make_cfg, tmp_path):
     matrix, itemcf, popular = published_inputs(spark)
     cfg = make_cfg("evaluate.mode=published", "evaluate.ks=[1,2]")
-    for name, df in (("user_item_matrix", matrix), ("recall_itemcf", itemcf), ("recall_popular", popular)):
+    # recall_merged: the published RECALL columns plus the channels each row came from (an extra column)
+    merged = spark.createDataFrame([("u1", "d", 0.9, 1, ["itemcf", "popular"]), ("u1", "x", 0.5, 2, ["popular"]),
+                                    ("u2", "d", 0.8, 1, ["itemcf", "popular"]), ("u3", "a", 0.7, 1, ["popular"])],
+                                   "user_id string, item_id string, score double, rank int, channels array<string>")
+    for name, df in (("user_item_matrix", matrix), ("recall_itemcf", itemcf), ("recall_popular", popular),
+                     ("recall_merged", merged)):
         replace_partition(df, cfg.warehouse, name, D)
     # D + 1 is not ingested yet: the published mode says so instead of failing
     (skipped,) = run_evaluate(spark, cfg, D)
@@ -190,13 +247,19 @@ def test_run_evaluate_published_mode(spark, make_cfg, tmp_path):
                                                               ev("u3", "q", "click", at(D, 22))]  # late, of D
     replace_partition(spark.createDataFrame(rows, EVENTS), cfg.warehouse, "events", d1)
     (res,) = run_evaluate(spark, cfg, D)
-    check_published(res)
-    assert [r["channel"] for r in res.rows] == ["itemcf", "popular"]
+    check_published(res)   # merged stays out of the overlap: itemcf's and popular's unique hits as without it
+    assert [r["channel"] for r in res.rows] == ["itemcf", "popular", "merged"]
+    m = res.row("merged")   # hits u1 d@1, u2 d@1, u3 a@1; u4 has no list
+    assert (m["users_with_list"], m["recall@1"], m["hits@2"], m["unique_hits@2"]) == (3, 2.5 / 4, 3, None)
+    assert res.extra["overlap_exclude"] == ["merged"]
     assert res.source == "positive events of 2026-11-21 (events dt 2026-11-21; 1 of 1 days)"
     assert res.extra["channels_without_lists"] == ["recall_swing (no table)", "recall_usercf (no table)",
                                                    "recall_two_tower (no table)"]
-    saved = json.loads(Path(res.path).read_text())["results"][0]
+    payload = json.loads(Path(res.path).read_text())
+    saved = payload["results"][0]
     assert saved["rows"][0]["users_with_list"] == 2 and saved["rows"][0]["user_coverage"] == 0.5
+    assert saved["rows"][2]["unique_hits@2"] is None and saved["extra"]["union_hits@2"] == 3
+    assert "unique_hits@K" in payload["definitions"] and "pop_percentile@K" in payload["definitions"]
 
     # an explicit truth table (the MovieLens import's held-out ratings): every row is truth, whatever its ts
     truth_dir = tmp_path / "truth" / "dt=2026-11-20"
@@ -206,6 +269,11 @@ def test_run_evaluate_published_mode(spark, make_cfg, tmp_path):
     (res2,) = run_evaluate(spark, cfg2, D)
     check_published(res2)
     assert res2.source == f"truth table {truth_dir}"
+
+
+def test_channel_order_known_first_then_by_name_merged_last():
+    assert channel_order({"merged", "hot", "geo", "popular", "itemcf", "two_tower"}) == [
+        "itemcf", "popular", "two_tower", "geo", "hot", "merged"]
 
 
 @pytest.mark.slow

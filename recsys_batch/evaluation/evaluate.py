@@ -1,8 +1,9 @@
 """The offline evaluator: score the recall lists of run date D, two ways (``evaluate.mode``).
 
-``published`` -- what shipped: the ``recall_<channel>`` tables of D (every channel whose table has rows for
-dt=D, ``recall_two_tower`` included) against what users did *after* the lists were built: the positive
-events with ts in the ``evaluate.truth_days`` days after D (events partitions D+1 .. D+N), or an explicit
+``published`` -- what shipped: the ``recall_<channel>`` tables of D (every ``recall_*`` Delta table of the
+warehouse with rows for dt=D: the recall stage's, ``recall_two_tower``, the other channels and
+``recall_merged``; columns beyond user_id, item_id, rank are ignored) against what users did *after* the
+lists were built: the positive events with ts in the ``evaluate.truth_days`` days after D (events partitions D+1 .. D+N), or an explicit
 truth table (``evaluate.truth_path``). Items a user already has in D's ``user_item_matrix`` are not truth.
 A user the stage built no list for scores zero, so a coverage hole shows up in the metrics and in
 ``users_with_list``. Without truth (the daily run of D, before D+1 is ingested) the mode is skipped with a
@@ -15,6 +16,14 @@ is built with :func:`recsys_batch.matrix.build_user_item_matrix` for the split's
 then the recall transforms with top_n = max(ks)) for the test users the recall stage would target
 (``recall.active_days``); the metrics of :mod:`recsys_batch.evaluation.metrics` are computed with Spark and
 collected (one row per channel).
+
+Both modes report per channel, for each K of ``evaluate.ks`` (default 50, 100, 200, 500): Recall, HitRate,
+NDCG, catalog coverage, novelty, popularity percentile (against the truth's), hits and unique hits (the
+overlap between channels; ``evaluate.overlap_exclude`` channels such as ``merged`` stay out of it), plus
+MRR and the test-user coverage. Every K comes from the same passes (one join of the lists with the truth,
+one aggregation of the lists per (channel, item)); see the cost in :mod:`recsys_batch.evaluation.metrics`.
+Published mode reads the lists as stored (top ``recall.top_n``, 200 by default: a K above it scores the
+whole list); rebuild mode builds max(ks) per user and channel.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ from pyspark.sql import functions as F
 
 from recsys_batch.config import Config
 from recsys_batch.errors import RecsysBatchError
-from recsys_batch.evaluation.metrics import CHANNEL, coverage_novelty, ranking_metrics
+from recsys_batch.evaluation.metrics import (
+    CHANNEL, DEFAULT_OVERLAP_EXCLUDE, METRIC_DEFINITIONS, coverage_novelty, hit_overlap, item_popularity, list_hits,
+    ranking_metrics, truth_pop_percentile, union_hits,
+)
 from recsys_batch.evaluation.report import EvaluateResult, report_path, write_json
 from recsys_batch.evaluation.splits import Split, split_time, split_user_chrono, window_events
 from recsys_batch.io.tables import path_exists, read_range, read_table, require_columns
@@ -43,6 +55,7 @@ log = logging.getLogger(__name__)
 
 #: the channels published as ``recall_<channel>`` (the recall stage; ``two_tower``: the index stage)
 PUBLISHED_CHANNELS = ("itemcf", "swing", "usercf", "popular", "two_tower")
+RECALL_PREFIX, MERGED = "recall_", "merged"
 REBUILD, PUBLISHED = "rebuild", "published"
 
 
@@ -83,25 +96,52 @@ def channel_recall(channel: str, split: Split, matrix: DataFrame, cfg: Config, u
     return item_based_recall(matrix, sim, rc, users=users), [sim]
 
 
-def evaluate_lists(recs: DataFrame, test: DataFrame, train_matrix: DataFrame, ks: list[int],
-                   channels: list[str]) -> list[dict]:
-    """Metric rows (one per channel, in ``channels`` order) from lists (channel, user_id, item_id, rank)."""
+def score_lists(recs: DataFrame, test: DataFrame, train_matrix: DataFrame, ks: list[int], channels: list[str],
+                overlap_exclude: tuple[str, ...] | list[str] = DEFAULT_OVERLAP_EXCLUDE) -> tuple[list[dict], dict]:
+    """(metric rows, one per channel in ``channels`` order; summary) from lists (channel, user_id, item_id,
+    rank[, anything else]) scored on ``test`` (user_id, item_id), history ``train_matrix`` (user_id, item_id).
+
+    Row keys: :attr:`EvaluateResult.columns`. Summary: ``catalog_items`` (|C|), ``matrix_items`` (|M|),
+    ``train_users`` (|U|), ``truth_pop_percentile`` and ``union_hits@K`` (formulas:
+    :mod:`recsys_batch.evaluation.metrics`). Cost: see that module -- the hits come from one join of the
+    lists (cut at max K) with the test pairs, persisted and shared by every per-K metric and the overlap.
+    """
     ks = sorted(set(ks))
-    rank = {r[CHANNEL]: r.asDict() for r in ranking_metrics(recs, test, ks, channels).collect()}
-    cov = {r[CHANNEL]: r.asDict() for r in coverage_novelty(recs, train_matrix, ks, channels).collect()}
+    hits = list_hits(recs, test, ks[-1]).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rank = {r[CHANNEL]: r.asDict() for r in ranking_metrics(recs, test, ks, channels, hits=hits).collect()}
+        over = [r.asDict() for r in hit_overlap(hits, ks, channels, overlap_exclude).collect()]
+    finally:
+        hits.unpersist()
+    pop = item_popularity(train_matrix)
+    cov = {r[CHANNEL]: r.asDict() for r in coverage_novelty(recs, train_matrix, ks, channels, pop).collect()}
+    ov = {r[CHANNEL]: r for r in over}
     rows = []
     for c in channels:
-        m, cv = rank.get(c, {}), cov.get(c, {})
+        m, cv, o = rank.get(c, {}), cov.get(c, {}), ov.get(c, {})
         row = {"channel": c, "users": int(m.get("users") or 0), "users_with_list": int(m.get("users_with_list") or 0),
                "user_coverage": m.get("user_coverage")}
         row.update({f"recall@{k}": m.get(f"recall_{k}") for k in ks})
         row.update({f"hit_rate@{k}": m.get(f"hit_{k}") for k in ks})
         row.update({f"ndcg@{k}": m.get(f"ndcg_{k}") for k in ks})
         row["mrr"] = m.get("mrr")
-        row.update({f"coverage@{k}": cv.get(f"coverage_{k}") for k in ks})
-        row.update({f"novelty@{k}": cv.get(f"novelty_{k}") for k in ks})
+        for name in ("coverage", "novelty", "pop_percentile"):
+            row.update({f"{name}@{k}": cv.get(f"{name}_{k}") for k in ks})
+        for name in ("hits", "unique_hits"):
+            row.update({f"{name}@{k}": o.get(f"{name}_{k}") for k in ks})
         rows.append(row)
-    return rows
+    catalog = next((int(r["catalog_items"]) for r in cov.values()), pop.matrix_items)
+    summary = {"catalog_items": catalog, "matrix_items": pop.matrix_items, "train_users": pop.train_users,
+               "truth_pop_percentile": truth_pop_percentile(test, pop), **union_hits(over, ks),
+               "overlap_exclude": [c for c in channels if c in set(overlap_exclude)]}
+    return rows, summary
+
+
+def evaluate_lists(recs: DataFrame, test: DataFrame, train_matrix: DataFrame, ks: list[int],
+                   channels: list[str]) -> list[dict]:
+    """Metric rows (one per channel, in ``channels`` order) from lists (channel, user_id, item_id, rank):
+    :func:`score_lists` without its summary."""
+    return score_lists(recs, test, train_matrix, ks, channels)[0]
 
 
 def evaluate_split(split: Split, cfg: Config, run_date: date, channels: list[str] | None = None,
@@ -140,15 +180,14 @@ def evaluate_split(split: Split, cfg: Config, run_date: date, channels: list[str
         n_recs = recs.count()
         for df in to_free:
             df.unpersist()
-        rows = evaluate_lists(recs, test, matrix, ks, channels)
+        rows, summary = score_lists(recs, test, matrix, ks, channels, cfg.evaluate.overlap_exclude)
         result = EvaluateResult(
             run_date=run_date, split=split.kind, train_date=split.train_date, ks=ks, rows=rows,
-            test_users=test.select(Col.USER).distinct().count(),
-            train_users=matrix.select(Col.USER).distinct().count(),
-            catalog_items=matrix.select(Col.ITEM).distinct().count(), mode=REBUILD,
+            test_users=test.select(Col.USER).distinct().count(), train_users=summary.pop("train_users"),
+            catalog_items=summary.pop("catalog_items"), mode=REBUILD,
             source=f"channels rebuilt on the {split.kind} split of the window ending {run_date}",
             extra={"recommendations": n_recs, "target_users": users.count(),
-                   "recall_active_days": cfg.recall.active_days},
+                   "recall_active_days": cfg.recall.active_days, **summary},
         )
         recs.unpersist()
     finally:
@@ -172,14 +211,17 @@ def truth_from_events(events: DataFrame, weights: dict[str, float], run_date: da
 
 
 def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks: list[int], channels: list[str],
-                       run_date: date, source: str) -> EvaluateResult:
+                       run_date: date, source: str,
+                       overlap_exclude: tuple[str, ...] | list[str] = DEFAULT_OVERLAP_EXCLUDE) -> EvaluateResult:
     """Score published lists (channel, user_id, item_id, rank) on ``truth`` (user_id, item_id) (mode ``published``).
 
     Test items = distinct truth pairs minus the (user, item) pairs of ``matrix`` (D's ``user_item_matrix``:
     a re-consumed item the lists could never show is not truth); test users = users with >= 1 test item,
     those without a matrix row (cold users, no list possible) included and counted in
-    ``extra["test_users_in_matrix"]``. Catalog and popularity of coverage / novelty: ``matrix``.
-    Cost: one anti join of the truth with the matrix, then :func:`evaluate_lists`.
+    ``extra["test_users_in_matrix"]``. Catalog and popularity of coverage / novelty / popularity bias:
+    ``matrix``; ``extra`` also holds :func:`score_lists`'s summary (``truth_pop_percentile``,
+    ``union_hits@K``, ``matrix_items``). Cost: one anti join of the truth with the matrix, then
+    :func:`score_lists`.
     """
     require_columns(truth, [Col.USER, Col.ITEM], table="truth", where="published evaluation")
     require_columns(matrix, [Col.USER, Col.ITEM], table="user_item_matrix", where="published evaluation")
@@ -191,12 +233,15 @@ def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks:
         test_users = test.select(Col.USER).distinct()
         n_test_users = test_users.count()
         in_matrix = test_users.join(matrix.select(Col.USER).distinct(), on=Col.USER, how="left_semi").count()
-        rows = evaluate_lists(recs, test, matrix, ks, channels) if n_test_users else []
+        rows, summary = score_lists(recs, test, matrix, ks, channels, overlap_exclude) if n_test_users else ([], {})
+        train_users = summary.pop("train_users", None)
+        catalog = summary.pop("catalog_items", None)
         result = EvaluateResult(
             run_date=run_date, split="published", train_date=run_date, ks=ks, rows=rows, test_users=n_test_users,
-            train_users=matrix.select(Col.USER).distinct().count(),
-            catalog_items=matrix.select(Col.ITEM).distinct().count(), mode=PUBLISHED, source=source,
-            extra={"test_items": test.count(), "test_users_in_matrix": in_matrix},
+            train_users=matrix.select(Col.USER).distinct().count() if train_users is None else train_users,
+            catalog_items=matrix.select(Col.ITEM).distinct().count() if catalog is None else catalog,
+            mode=PUBLISHED, source=source,
+            extra={"test_items": test.count(), "test_users_in_matrix": in_matrix, **summary},
             skipped=None if n_test_users else f"{source}: no truth pair outside the users' matrix of {run_date}",
         )
     finally:
@@ -205,14 +250,50 @@ def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks:
     return result
 
 
+def recall_tables(spark: SparkSession, cfg: Config) -> list[str]:
+    """Channel names c of every Delta table ``recall_<c>`` under ``<warehouse.root>/delta`` (one list call
+    on the warehouse's Hadoop filesystem, so any URI works), in report order: the channels of
+    :data:`PUBLISHED_CHANNELS` first, then the others by name, ``merged`` last."""
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(cfg.warehouse.table_path(""))
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    names = []
+    if fs.exists(root):
+        for st in fs.listStatus(root):
+            name = st.getPath().getName()
+            if (st.isDirectory() and name.startswith(RECALL_PREFIX) and len(name) > len(RECALL_PREFIX)
+                    and fs.exists(jvm.org.apache.hadoop.fs.Path(st.getPath(), "_delta_log"))):
+                names.append(name[len(RECALL_PREFIX):])
+    return channel_order(names)
+
+
+def channel_order(names: list[str] | set[str]) -> list[str]:
+    """:data:`PUBLISHED_CHANNELS` in their order, then the other names sorted, ``merged`` last."""
+    known = [c for c in PUBLISHED_CHANNELS if c in names]
+    rest = sorted(c for c in set(names) - set(PUBLISHED_CHANNELS) if c != MERGED)
+    return known + rest + ([MERGED] if MERGED in names else [])
+
+
 def published_lists(spark: SparkSession, cfg: Config, run_date: date) -> tuple[DataFrame | None, list[str], list[str]]:
-    """(lists (channel, user_id, item_id, rank), channels found, notes on the channels without a dt=D partition)."""
+    """(lists (channel, user_id, item_id, rank), channels found, notes on the channels not evaluated).
+
+    Every ``recall_<channel>`` table (:func:`recall_tables`) with rows for dt=D is scored; columns beyond
+    user_id, item_id, rank (``recall_merged``'s ``channels``, a score) are ignored. A table of
+    :data:`PUBLISHED_CHANNELS` that is missing or has no rows for D, and a ``recall_*`` table without those
+    three columns, are listed in the notes.
+    """
     lists, found, missing = [], [], []
-    for c in PUBLISHED_CHANNELS:
-        table = f"recall_{c}"
-        df = read_table(spark, cfg.warehouse, table, run_date, required=False)
+    present = set(recall_tables(spark, cfg))
+    for c in channel_order(present | set(PUBLISHED_CHANNELS)):
+        table = f"{RECALL_PREFIX}{c}"
+        df = read_table(spark, cfg.warehouse, table, run_date, required=False) if c in present else None
         if df is None or df.limit(1).count() == 0:
             missing.append(f"{table} ({'no table' if df is None else f'no rows for dt={run_date}'})")
+            continue
+        absent = [col for col in (Col.USER, Col.ITEM, Col.RANK) if col not in df.columns]
+        if absent:
+            missing.append(f"{table} (not a recall list: no {', '.join(absent)} column; it has "
+                           f"{', '.join(df.columns)})")
             continue
         found.append(c)
         lists.append(df.select(F.lit(c).alias(CHANNEL), Col.USER, Col.ITEM, F.col(Col.RANK).cast("int")))
@@ -259,7 +340,7 @@ def run_published(spark: SparkSession, cfg: Config, run_date: date) -> EvaluateR
     matrix = matrix.select(Col.USER, Col.ITEM).persist(StorageLevel.MEMORY_AND_DISK)
     recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        result = evaluate_published(recs, truth, matrix, ks, found, run_date, source)
+        result = evaluate_published(recs, truth, matrix, ks, found, run_date, source, cfg.evaluate.overlap_exclude)
     finally:
         recs.unpersist()
         matrix.unpersist()
@@ -274,7 +355,8 @@ def run_evaluate(spark: SparkSession, cfg: Config, run_date: date) -> list[Evalu
     Rebuild reads the ``events`` partitions of the matrix lookback window of D; published reads the
     ``recall_<channel>`` tables and ``user_item_matrix`` of D and the truth (module doc). Writes all results as
     JSON to ``<warehouse.root>/reports/evaluate/dt=<D>/metrics.json`` (replaced on re-run): ``{"run_date",
-    "mode", "config_hash", "results": [...]}``, a skipped mode with its ``skipped`` reason. Prints nothing.
+    "mode", "config_hash", "results": [...], "definitions": {metric: formula}}``, a skipped mode with its
+    ``skipped`` reason. Prints nothing; ``recsys-batch report`` turns the file into HTML.
     """
     mode = cfg.evaluate.mode
     results: list[EvaluateResult] = []
@@ -292,6 +374,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, run_date: date) -> list[Evalu
             log.warning("evaluate %s: %s mode skipped: %s", run_date, r.mode, r.skipped)
     path = report_path(cfg.warehouse.root, run_date)
     payload = {"run_date": run_date.isoformat(), "mode": mode, "config_hash": cfg.config_hash(),
-               "results": [{k: v for k, v in r.to_dict().items() if k != "path"} for r in results]}
+               "results": [{k: v for k, v in r.to_dict().items() if k != "path"} for r in results],
+               "definitions": METRIC_DEFINITIONS}
     written = write_json(spark, path, payload)
     return [replace(r, path=written) for r in results]

@@ -18,7 +18,10 @@ class EvaluateResult:
 
     Row keys: ``channel``, ``users`` (test users averaged over), ``users_with_list`` (test users with a list
     in the channel), ``user_coverage`` (their share), ``recall@K``, ``hit_rate@K``, ``ndcg@K``,
-    ``coverage@K``, ``novelty@K`` for each K of ``ks``, and ``mrr``. ``split``: the rebuild split, or
+    ``coverage@K``, ``novelty@K``, ``pop_percentile@K``, ``hits@K``, ``unique_hits@K`` for each K of ``ks``,
+    and ``mrr`` (definitions: :data:`recsys_batch.evaluation.metrics.METRIC_DEFINITIONS`). ``extra`` holds
+    per-evaluation numbers (``truth_pop_percentile``, ``union_hits@K``, ``matrix_items``, ...);
+    ``catalog_items`` is the catalog of ``coverage@K``. ``split``: the rebuild split, or
     ``published``; ``train_date``: the date of the matrix the lists were built on; ``source``: where lists
     and truth came from; ``skipped``: why a mode produced nothing (no truth yet), else None.
     """
@@ -42,7 +45,8 @@ class EvaluateResult:
         ks = self.ks
         return (["channel", "users", "users_with_list", "user_coverage"] + [f"recall@{k}" for k in ks]
                 + [f"hit_rate@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
-                + [f"coverage@{k}" for k in ks] + [f"novelty@{k}" for k in ks])
+                + [f"coverage@{k}" for k in ks] + [f"novelty@{k}" for k in ks]
+                + [f"pop_percentile@{k}" for k in ks] + [f"hits@{k}" for k in ks] + [f"unique_hits@{k}" for k in ks])
 
     def row(self, channel: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["channel"] == channel)
