@@ -264,7 +264,7 @@ def _stage_command(stage_name: str, doc: str) -> None:
 
 
 for _stage in STAGES:
-    if _stage.name != "publish":  # its own command below (--force, the gate table)
+    if _stage.name not in ("publish", "report"):  # their own commands below (publish: --force, the gate table)
         _stage_command(_stage.name, _stage.doc)
 
 
@@ -746,11 +746,8 @@ def demo(date_: DateOpt = None, conf: ConfOpt = None, set_: SetOpt = None,
         r = results["train_ranking"]
         console.print(f"ranking model {end}: gate {r.gate} on {r.holdout_rows:,} held-out impressions\n{r.table}",
                       markup=False, highlight=False)
-    if "evaluate" in results:
-        from recsys_batch.evaluation.html import write_report
-
-        console.print(f"report: {write_report(cfg.warehouse.root, end)}", markup=False, highlight=False,
-                      soft_wrap=True)
+    if "report" in results:
+        console.print(f"report: {results['report'].path}", markup=False, highlight=False, soft_wrap=True)
     if "publish" in results:
         render_release(cfg)
     tt = Table(title="steps")

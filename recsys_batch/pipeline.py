@@ -106,6 +106,10 @@ STAGES: tuple[Stage, ...] = (
             "against what users did after D (evaluate.truth_days or truth_path), and the channels rebuilt on a split",
     ),
     Stage(
+        "report", "recsys_batch.evaluation.html:run_report", upstream=("evaluate",), spark=False,
+        doc="the evaluation of D as one self-contained HTML page (plots embedded) beside its metrics.json",
+    ),
+    Stage(
         "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate", "train_ranking"), spark=False,
         doc="gate the new two-tower (refused below popular on the held-out hours, below yesterday's model beyond "
             "the tolerance, or on fewer than publish.gate_min_users users), then publish one atomic, versioned "

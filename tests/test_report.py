@@ -128,3 +128,16 @@ def test_cli_report_without_metrics_is_one_error_line(tmp_path):
                 f"writes it, then run the report again")
     assert lines == [expected]
     assert list(wh.iterdir()) == []   # nothing written
+
+
+def test_report_stage_writes_the_page_and_records_its_run(tmp_path):
+    from recsys_batch.config import load_config
+    from recsys_batch.runner import run_stage
+    from recsys_batch.runs import latest_status
+
+    src = write_metrics(tmp_path / "wh")
+    cfg = load_config("local", [f"warehouse.root={tmp_path / 'wh'}"])
+    res = run_stage("report", cfg, D, check_upstream=False)
+    assert res.result.path == str(src.parent / "report.html")
+    assert Path(res.result.path).read_text().count("data:image/png;base64,") == 4
+    assert latest_status(cfg.warehouse)[("report", D.isoformat())]["status"] == "success"

@@ -20,6 +20,7 @@ import html
 import io
 import math
 import os
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -271,3 +272,20 @@ def _local_path(path: str) -> str:
     """``file:///x``, ``file:/x`` or a relative / absolute path -> an absolute local path (as write_json)."""
     p = path[len("file:"):] if path.startswith("file:") else path
     return os.path.abspath(p[2:] if p.startswith("///") else p)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What the ``report`` stage returns: the page it wrote."""
+
+    path: str
+
+    @property
+    def output_rows(self) -> dict[str, int]:
+        return {"report_html": 1}
+
+
+def run_report(cfg: Any, run_date: date) -> ReportResult:
+    """Stage ``report`` (no JVM): :func:`write_report` for D under ``cfg.warehouse.root``, so the scheduled
+    pipeline leaves the page beside each day's metrics (``recsys-batch report`` writes the same file)."""
+    return ReportResult(write_report(cfg.warehouse.root, run_date))
