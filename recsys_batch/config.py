@@ -317,6 +317,80 @@ class MergeConfig(_Model):
     def weight(self, channel: str) -> float:
         return float(self.weights.get(channel, 1.0))
 
+class RulesConfig(_Model):
+    """Rule / content-based recall channels (stage ``recall_rules``, :mod:`recsys_batch.recall.rules`).
+
+    Every list is top ``recall.top_n`` per user with seen items excluded; hot, fresh, author,
+    similar_author and geo are built for the recall stage's users (``recall.active_days``), new_users for
+    the users with fewer than ``new_user_max_items`` matrix items (the ``users`` table included).
+    """
+
+    #: user profile (hot / fresh): shares of category / tag / author over the user's N most recent matrix items
+    profile_recent_items: int = Field(50, ge=1)
+    #: hot / fresh: candidates from the user's top this-many categories (tags, authors)
+    profile_top_keys: int = Field(3, ge=1)
+    # ---- hot: trend(i) = (n_short / short_days + a) / (n_long / long_days + a), n = weighted positive events
+    hot_short_days: int = Field(1, ge=1)
+    hot_long_days: int = Field(7, ge=2)
+    #: a, in weighted events per day added to both rates: shrinks a low-volume item's ratio towards 1
+    hot_smoothing_per_day: float = Field(5.0, gt=0)
+    #: an item needs this many weighted events in the short window to be trending at all
+    hot_min_short_events: float = Field(3.0, ge=0)
+    #: global trending list length, and per-category list length
+    hot_global_items: int = Field(200, ge=1)
+    hot_category_items: int = Field(100, ge=1)
+    #: score(u, i) = trend(i) * (1 + boost * share_u(category(i)))
+    hot_category_boost: float = Field(1.0, ge=0)
+    # ---- fresh: items published in the last fresh_days, lift = smoothed ctr / prior ctr + content similarity
+    fresh_days: int = Field(7, ge=1)
+    #: m, pseudo-impressions of the Bayesian prior: rate = (clicks + m * p0) / (impressions + m)
+    fresh_prior_impressions: float = Field(20.0, gt=0)
+    #: score(u, i) = lift(i) + content_weight * sim(u, i), sim in [0, 1]
+    fresh_content_weight: float = Field(1.0, ge=0)
+    #: sim(u, i) weights of category / tag / author overlap
+    fresh_category_weight: float = Field(1.0, ge=0)
+    fresh_tag_weight: float = Field(0.5, ge=0)
+    fresh_author_weight: float = Field(1.0, ge=0)
+    #: candidates: the global top-N fresh items by lift plus, per profile key, its top-N fresh items
+    fresh_global_items: int = Field(200, ge=1)
+    fresh_key_items: int = Field(50, ge=1)
+    # ---- author / similar_author
+    #: an author the user has at least this many positive events on counts as engaged with (besides follows)
+    author_min_events: int = Field(2, ge=1)
+    #: per user at most this many authors (follows first, then by events), per author its newest N items
+    author_max_authors: int = Field(50, ge=1)
+    author_recent_items: int = Field(20, ge=1)
+    #: similar_author: cosine over the user x author presence matrix, top-K per author; users with more
+    #: authors than the cap contribute their most recent ones (bounds the sum_u |A(u)|^2 pairs)
+    similar_author_top_k: int = Field(20, ge=1)
+    similar_author_max_authors_per_user: int = Field(100, ge=1)
+    similar_author_min_support: int = Field(2, ge=1)
+    # ---- geo
+    #: geohash prefix length of a cell (4 ~ 39 x 20 km, 5 ~ 5 x 5 km)
+    geo_precision: int = Field(4, ge=1, le=12)
+    #: score(cell, i) = local(cell, i) + global_weight * pop(i); top-N items per cell
+    geo_global_weight: float = Field(0.1, ge=0)
+    geo_cell_items: int = Field(500, ge=1)
+    # ---- new_users
+    #: users with fewer distinct matrix items than this (users without any included)
+    new_user_max_items: int = Field(5, ge=1)
+    #: buckets, finest first; a user gets the first bucket (all its keys non-null) with enough users, else
+    #: global popularity. Keys: age_bucket (features.age_bounds_years), gender, city
+    new_user_buckets: list[list[Literal["age_bucket", "gender", "city"]]] = Field(
+        default_factory=lambda: [["age_bucket", "gender", "city"], ["age_bucket", "gender"], ["age_bucket"]])
+    #: a bucket with fewer distinct users with a positive event in the popular window is thin
+    new_user_min_bucket_users: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _windows(self) -> RulesConfig:
+        if self.hot_short_days >= self.hot_long_days:
+            raise ValueError(f"hot_short_days ({self.hot_short_days}) must be < hot_long_days ({self.hot_long_days})")
+        if self.fresh_category_weight + self.fresh_tag_weight + self.fresh_author_weight <= 0:
+            raise ValueError("fresh_category_weight + fresh_tag_weight + fresh_author_weight must be > 0")
+        if any(not b or len(set(b)) != len(b) for b in self.new_user_buckets):
+            raise ValueError(f"new_user_buckets: each bucket needs distinct keys, got {self.new_user_buckets}")
+        return self
+
 
 class EvaluateConfig(_Model):
     """``published``: the ``recall_<channel>`` tables of D against what users did after D (truth_days of
@@ -760,6 +834,7 @@ class Config(_Model):
     usercf: UserCFConfig = UserCFConfig()
     recall: RecallConfig = RecallConfig()
     merge: MergeConfig = MergeConfig()
+    recall_rules: RulesConfig = RulesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     train: TrainConfig = TrainConfig()
     ranking: RankingConfig = RankingConfig()

@@ -79,6 +79,13 @@ STAGES: tuple[Stage, ...] = (
         doc="top-N recall lists per channel (item-based, user-based, popular), seen items excluded",
     ),
     Stage(
+        "recall_rules", "recsys_batch.recall.rules_stage:run_recall_rules", upstream=("matrix",),
+        outputs=("recall_hot", "recall_fresh", "recall_author", "recall_similar_author", "recall_geo",
+                 "recall_new_users"),
+        doc="rule / content-based recall lists (trending, fresh items, followed and similar authors, nearby, "
+            "new-user buckets), seen items excluded",
+    ),
+    Stage(
         "train", "recsys_batch.training.train:run_train", upstream=("samples",), spark=False,
         job="train_two_tower.py", outputs=("item_embeddings", "user_embeddings"),
         doc="daily full retrain of the two-tower model (warm start from yesterday), item/user embeddings, user tower",
