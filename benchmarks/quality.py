@@ -12,7 +12,7 @@ runs (README "MovieLens"), in a temp warehouse, with the **default** config plus
 3. the ``published`` evaluation: every ``recall_<channel>`` table of the day (two_tower included) scored on
    the held-out ratings, with ``users_with_list / test_users`` per channel;
 4. `implicit`'s CosineRecommender, BM25Recommender and AlternatingLeastSquares fitted on the same
-   ``user_item_matrix`` and scored on the same truth.
+   ``user_item_matrix`` (presence: 1 per (user, item)) and scored on the same truth.
 
 Synthetic (default, ``--no-synthetic`` skips it): the generator's log is split with the evaluator's split
 (``--split``), our similarity channels (itemcf, swing, usercf, popular) are rebuilt on the train part
@@ -67,6 +67,8 @@ def synthetic_events(spark, folder: Path, gen: GenerateConfig):
 def bench_movielens(spark, src: Path, tmp: Path, ks: list[int], k_neighbours: int, overrides: list[str],
                    holdout_ratio: float = 0.2) -> list[dict]:
     """The README's MovieLens commands with the default config (module doc), then `implicit` on the same data."""
+    from pyspark.sql import functions as F
+
     from recsys_batch.evaluation.evaluate import evaluate_published, published_truth, run_published
     from recsys_batch.io.tables import read_table
     from recsys_batch.movielens import import_movielens
@@ -91,7 +93,9 @@ def bench_movielens(spark, src: Path, tmp: Path, ks: list[int], k_neighbours: in
     truth, source = published_truth(spark, cfg, d)
     matrix = read_table(spark, cfg.warehouse, "user_item_matrix", d).drop(Col.DT).persist()
     try:
-        mpdf = matrix.select(Col.USER, Col.ITEM, Col.SCORE).toPandas()
+        # implicit's models on presence (1 per rated item), as they are usually run on MovieLens: the matrix
+        # score carries the 7-day decay, which on seven months of ratings leaves most confidences near 0
+        mpdf = matrix.select(Col.USER, Col.ITEM, F.lit(1.0).alias(Col.SCORE)).toPandas()
         test_users = np.sort(truth.select(Col.USER).distinct().toPandas()[Col.USER].to_numpy())
         t1 = time.perf_counter()
         ref, ref_source = reference_lists(mpdf, test_users, max(ks), k_neighbours)
