@@ -271,13 +271,16 @@ class EaseConfig(_Model):
     """EASE (Steck 2019): B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1 over the binary matrix."""
 
     #: L2 strength lambda, in co-occurrence-count units (a prior worth lambda users per item)
-    l2: float = Field(200.0, gt=0)
+    l2: float = Field(500.0, gt=0)
     #: the model covers the most popular items only: the driver holds n x n matrices (n = 20k: 3.2 GB per
     #: float64 copy, ~3 copies at the peak of the inversion; float32 halves it)
     max_items: int = Field(20_000, ge=2)
     #: co-occurrences of a user count for their most recent N items only (pair generation ~ N^2 per user)
     max_items_per_user: int = Field(500, ge=1)
     dtype: Literal["float32", "float64"] = "float64"
+    #: scoring weight of a user's item: 0.5 ** (p / this), p = 0, 1, ... its recency rank among the user's matrix
+    #: items (last_ts desc); ``null`` = 1 for every item (the paper's binary x_u). The model B stays binary
+    recency_half_life_items: float | None = Field(25.0, gt=0)
     #: ``exact``: score(u, .) = x_u B for every item of the model, in Spark tasks holding B;
     #: ``topk``: keep the top_k largest B_ij per row i and score like ItemCF over all the user's items
     scoring: Literal["exact", "topk"] = "exact"

@@ -40,7 +40,7 @@ from recsys_batch.similarity.common import arrow_fs, delete_path, round_scores
 log = logging.getLogger(__name__)
 
 SESSION, ITEMS = "session", "items"
-_TS, _IDX, _SEEN, _VEC = "_ts", "_i", "_seen", "_vec"
+_TS, _IDX, _SEEN, _VEC, _W = "_ts", "_i", "_seen", "_vec", "_w"
 _MATRIX_FILE, _ITEMS_FILE = "m.npy", "items.arrow"
 
 
@@ -284,10 +284,15 @@ def ease_model(matrix: DataFrame, cfg: EaseConfig) -> tuple[list[str], np.ndarra
 
 def ease_recall(matrix: DataFrame, cfg: EaseConfig, rc: RecallConfig, users: DataFrame | None = None,
                 staging: str | None = None) -> DataFrame:
-    """``recall_ease`` (schema ``RECALL``): score(u, j) = sum_{i in I(u)} B_ij over the model's items.
+    """``recall_ease`` (schema ``RECALL``): score(u, j) = sum_{i in I(u)} x_u(i) B_ij over the model's items.
 
-    ``exact``: x_u B for every item of the model (:func:`dense_recall`; x_u = all of u's matrix items among
-    the model's, binary), the user's items masked, top ``rc.top_n``. ``topk``: B cut to its ``top_k`` largest
+    ``exact``: x_u B for every item of the model (:func:`dense_recall`; x_u(i) = 0.5 ** (p_u(i) / h) for u's
+    matrix items among the model's, p_u(i) = i's recency rank in u's matrix row (0 = newest),
+    h = ``recency_half_life_items``; null h = 1, the paper's binary x_u), the user's items masked, top
+    ``rc.top_n``. B is fitted on the binary X; only the scoring weighs recent items more, because the next
+    items follow the recent ones (MovieLens-100K, newest 20 % held out, lambda 500, Recall@50 / @200: binary
+    0.365 / 0.706, h = 10: 0.403 / 0.711, h = 25: 0.397 / 0.727, h = 50: 0.387 / 0.725). A rank, not an
+    age: a user idle for months keeps the same weights. ``topk``: B cut to its ``top_k`` largest
     positive entries per row i (``ease_topk``) and scored like ItemCF with every matrix item of the user as a
     seed of weight 1 -- cheaper per user, but drops the negative weights (measured in the README).
     A user with none of the model's items gets no list. Returns a persisted, computed DataFrame (unpersist it).
@@ -302,16 +307,27 @@ def ease_recall(matrix: DataFrame, cfg: EaseConfig, rc: RecallConfig, users: Dat
         out = item_based_recall(ones, sim, seeds, users).persist(StorageLevel.MEMORY_AND_DISK)
         out.count()
         return out
-    queries = _seen_lists(matrix, items, users)
+    queries = _seen_lists(matrix, items, users, cfg.recency_half_life_items)
     return dense_recall(queries, b, items, "rows", rc.top_n, cfg.batch_users, staging)
 
 
-def _seen_lists(matrix: DataFrame, items: list[str], users: DataFrame | None) -> DataFrame:
-    """(user_id, _seen array<int>): per user the sorted model rows of its matrix items (users with none: no row)."""
+def _seen_lists(matrix: DataFrame, items: list[str], users: DataFrame | None,
+                half_life_items: float | None = None) -> DataFrame:
+    """(user_id, _seen array<int>, _w array<double>): per user the sorted model rows of its matrix items and
+    their weights, 0.5 ** (p / half_life_items) with p = the item's recency rank among all the user's matrix
+    items (last_ts desc, item_id asc; 0 = newest), or 1.0 (``half_life_items`` null). Users with none: no row."""
     spark = matrix.sparkSession
-    x = restrict_users(matrix.select(Col.USER, Col.ITEM), users).join(F.broadcast(_index_frame(spark, items)),
-                                                                     on=Col.ITEM)
-    return x.groupBy(Col.USER).agg(F.sort_array(F.collect_list(_IDX)).alias(_SEEN))
+    x = restrict_users(matrix.select(Col.USER, Col.ITEM, Col.LAST_TS), users)
+    if half_life_items is None:
+        x = x.withColumn(_W, F.lit(1.0))
+    else:
+        w = Window.partitionBy(Col.USER).orderBy(F.col(Col.LAST_TS).desc(), F.col(Col.ITEM).asc())
+        x = x.withColumn(_W, F.pow(F.lit(0.5), (F.row_number().over(w) - 1) / F.lit(float(half_life_items))))
+    x = x.join(F.broadcast(_index_frame(spark, items)), on=Col.ITEM)
+    pairs = F.sort_array(F.collect_list(F.struct(F.col(_IDX), F.col(_W))))
+    return (x.groupBy(Col.USER).agg(pairs.alias("_p"))
+            .select(Col.USER, F.transform("_p", lambda e: e[_IDX]).alias(_SEEN),
+                    F.transform("_p", lambda e: e[_W]).alias(_W)))
 
 
 # ---- dense scoring in tasks --------------------------------------------------------------------------------
@@ -403,9 +419,11 @@ def _dense_task(root: str, token: str, kind: str, top_n: int, batch_users: int
             for s in range(0, batch.num_rows, batch_users):
                 part = seen_col.slice(s, batch_users)
                 seen = [np.asarray(v, np.int64) for v in part.to_pylist()]
-                if kind == "rows":  # EASE: scores = x_u B, x_u = the user's rows (binary)
+                if kind == "rows":  # EASE: scores = x_u B, x_u = the user's rows, weighted by _w
                     lens = [len(v) for v in seen]
-                    x = sp.csr_matrix((np.ones(sum(lens)), np.concatenate(seen) if seen else np.zeros(0, np.int64),
+                    wts = batch.column(_W).slice(s, batch_users).flatten().to_numpy(zero_copy_only=False)
+                    x = sp.csr_matrix((np.asarray(wts, np.float64),
+                                       np.concatenate(seen) if seen else np.zeros(0, np.int64),
                                        np.r_[0, np.cumsum(lens)]), shape=(len(seen), n_items))
                     scores = np.asarray(x @ m)
                 else:  # factors: scores = q_u V^T
@@ -426,8 +444,8 @@ def dense_recall(queries: DataFrame, m: np.ndarray, item_ids: list[str], kind: s
                  batch_users: int, staging: str | None = None) -> DataFrame:
     """Exact top-N per user against a dense item-side matrix, in Spark tasks: schema ``RECALL``.
 
-    ``queries``: (user_id, _seen array<int> [, _vec array<float>]). ``kind`` "rows": scores = x_u M with x_u
-    the binary row of ``_seen`` (EASE, M = B, n x n); "factors": scores = q_u M^T with q_u = ``_vec`` (ALS,
+    ``queries``: (user_id, _seen array<int>, _w array<double> | _vec array<float>). ``kind`` "rows": scores =
+    x_u M, x_u(_seen[k]) = _w[k] (EASE, M = B, n x n); "factors": scores = q_u M^T with q_u = ``_vec`` (ALS,
     M = item factors, n x rank). The items in ``_seen`` are masked. M and the ids are staged once under
     ``staging`` (a temp folder in local mode), loaded by each Python worker (memory-mapped when local), and the
     users scored ``batch_users`` at a time (memory: batch x n x 8 bytes). Returns a persisted, computed
