@@ -123,8 +123,8 @@ def test_ease_recall_weighs_recent_items_by_rank(spark):
     assert len(got) == len(want) == 14  # 2 or 3 unseen items per user: all fit in the top 3
     for row in got:
         assert row.score == pytest.approx(want[(row.user_id, row.item_id)], rel=1e-9)
-    # u1 = a, b, c (c newest): d scores 0.25 B_ad + 0.5 B_bd + B_cd
-    assert want[("u1", "d")] == pytest.approx(0.25 * b[0, 3] + 0.5 * b[1, 3] + b[2, 3])
+    # u1 = a, b, c (c newest, rank 0; half-life 2 ranks): d scores 0.5 B_ad + 0.5^0.5 B_bd + B_cd
+    assert want[("u1", "d")] == pytest.approx(0.5 * b[0, 3] + 0.5 ** 0.5 * b[1, 3] + b[2, 3])
 
 
 def test_ease_topk_scoring_keeps_the_largest_positive_weights(spark):
@@ -255,8 +255,8 @@ def test_run_latent_writes_every_channel_and_reruns_idempotently(spark, make_cfg
         assert reached == set(users) if s.table != "recall_item2vec" else reached and reached <= set(users), s.table
         assert all((r.item_id not in users[r.user_id]) for r in rows), s.table  # seen excluded
         assert all(1 <= r.rank <= 3 for r in rows)
-    # EASE: every user has 2+ of the 6 items, so 3 unseen candidates at least -> full lists
-    assert stats[2].rows == 6 * 3
+    # EASE scores all 6 items: u2 (cdef) and u5 (abcd) have 2 unseen, the other four 3 or more -> 2 + 2 + 4 * 3
+    assert stats[2].rows == 16
 
     # re-run (ALS left out to keep the test short): the partitions are replaced, not appended to
     again = run_latent(spark, cfg.model_copy(update={"latent": cfg.latent.model_copy(
