@@ -258,11 +258,10 @@ def test_run_latent_writes_every_channel_and_reruns_idempotently(spark, make_cfg
     # EASE scores all 6 items: u2 (cdef) and u5 (abcd) have 2 unseen, the other four 3 or more -> 2 + 2 + 4 * 3
     assert stats[2].rows == 16
 
-    # re-run (ALS left out to keep the test short): the partitions are replaced, not appended to
-    again = run_latent(spark, cfg.model_copy(update={"latent": cfg.latent.model_copy(
-        update={"channels": ["item2vec", "ease"]})}), D)
-    assert [s.rows for s in again] == [s.rows for s in stats[:3]]
-    for s in again[1:]:
-        assert sorted(map(tuple, read_table(spark, cfg.warehouse, s.table, D).drop("dt").collect())) == first[s.table]
-    als = read_table(spark, cfg.warehouse, "recall_als", D).drop("dt").collect()
-    assert sorted(map(tuple, als)) == first["recall_als"]
+    # re-run one channel (item2vec's run-to-run determinism is tested above; ALS is the slowest): its
+    # partition is replaced, not appended to, and the tables of the channels not run are left as they were
+    only_ease = cfg.model_copy(update={"latent": cfg.latent.model_copy(update={"channels": ["ease"]})})
+    again = run_latent(spark, only_ease, D)
+    assert [(s.table, s.rows) for s in again] == [("recall_ease", 16)]
+    for table, rows in first.items():
+        assert sorted(map(tuple, read_table(spark, cfg.warehouse, table, D).drop("dt").collect())) == rows, table
