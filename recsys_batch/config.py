@@ -390,6 +390,67 @@ class RulesConfig(_Model):
         if any(not b or len(set(b)) != len(b) for b in self.new_user_buckets):
             raise ValueError(f"new_user_buckets: each bucket needs distinct keys, got {self.new_user_buckets}")
         return self
+class Item2VecConfig(_Model):
+    """item2vec (Barkan & Koenigstein 2016): skip-gram item vectors from the users' sessions, kNN by cosine."""
+
+    #: a gap longer than this between two positive events of a user starts a new session
+    session_gap_minutes: float = Field(30.0, gt=0)
+    vector_size: int = Field(64, ge=2)
+    window_size: int = Field(5, ge=1)
+    #: items seen fewer times in the sessions get no vector (Spark ML Word2Vec minCount)
+    min_count: int = Field(5, ge=1)
+    #: passes over the sessions (Word2Vec maxIter)
+    max_iter: int = Field(5, ge=1)
+    step_size: float = Field(0.025, gt=0)
+    #: Word2Vec partitions: 1 is deterministic for a seed (one task); more are faster, not reproducible
+    num_partitions: int = Field(1, ge=1)
+    #: neighbours kept per item in item2vec_topk (cosine > 0 only)
+    top_k: int = Field(100, ge=1)
+
+
+class EaseConfig(_Model):
+    """EASE (Steck 2019): B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1 over the binary matrix."""
+
+    #: L2 strength lambda, in co-occurrence-count units (a prior worth lambda users per item)
+    l2: float = Field(500.0, gt=0)
+    #: the model covers the most popular items only: the driver holds n x n matrices (n = 20k: 3.2 GB per
+    #: float64 copy, ~3 copies at the peak of the inversion; float32 halves it)
+    max_items: int = Field(20_000, ge=2)
+    #: co-occurrences of a user count for their most recent N items only (pair generation ~ N^2 per user)
+    max_items_per_user: int = Field(500, ge=1)
+    dtype: Literal["float32", "float64"] = "float64"
+    #: scoring weight of a user's item: 0.5 ** (p / this), p = 0, 1, ... its recency rank among the user's matrix
+    #: items (last_ts desc); ``null`` = 1 for every item (the paper's binary x_u). The model B stays binary
+    recency_half_life_items: float | None = Field(25.0, gt=0)
+    #: ``exact``: score(u, .) = x_u B for every item of the model, in Spark tasks holding B;
+    #: ``topk``: keep the top_k largest B_ij per row i and score like ItemCF over all the user's items
+    scoring: Literal["exact", "topk"] = "exact"
+    top_k: int = Field(200, ge=1)
+    #: users scored per batch inside a task (memory: batch x n floats)
+    batch_users: int = Field(1024, ge=1)
+
+
+class ALSConfig(_Model):
+    """Spark ML ALS with implicit preferences (Hu, Koren & Volinsky 2008) on presence (r = 1)."""
+
+    rank: int = Field(64, ge=1)
+    max_iter: int = Field(10, ge=1)
+    reg_param: float = Field(0.05, ge=0)
+    #: confidence c = 1 + alpha * r
+    alpha: float = Field(10.0, ge=0)
+    num_blocks: int = Field(4, ge=1)
+    batch_users: int = Field(4096, ge=1)
+
+
+class LatentConfig(_Model):
+    """Latent-factor / embedding recall channels (stage ``latent``): item2vec, EASE, ALS."""
+
+    #: channels built, in order; a channel not listed writes nothing
+    channels: list[Literal["item2vec", "ease", "als"]] = Field(default_factory=lambda: ["item2vec", "ease"])
+    seed: int = 13
+    item2vec: Item2VecConfig = Item2VecConfig()
+    ease: EaseConfig = EaseConfig()
+    als: ALSConfig = ALSConfig()
 
 
 class EvaluateConfig(_Model):
@@ -835,6 +896,7 @@ class Config(_Model):
     recall: RecallConfig = RecallConfig()
     merge: MergeConfig = MergeConfig()
     recall_rules: RulesConfig = RulesConfig()
+    latent: LatentConfig = LatentConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     train: TrainConfig = TrainConfig()
     ranking: RankingConfig = RankingConfig()

@@ -86,6 +86,11 @@ STAGES: tuple[Stage, ...] = (
             "new-user buckets), seen items excluded",
     ),
     Stage(
+        "latent", "recsys_batch.recall.latent_stage:run_latent", upstream=("matrix",),
+        outputs=("item2vec_topk", "recall_item2vec", "recall_ease", "recall_als"),
+        doc="latent-factor / embedding recall (latent.channels): item2vec kNN, EASE, implicit ALS",
+    ),
+    Stage(
         "train", "recsys_batch.training.train:run_train", upstream=("samples",), spark=False,
         job="train_two_tower.py", outputs=("item_embeddings", "user_embeddings"),
         doc="daily full retrain of the two-tower model (warm start from yesterday), item/user embeddings, user tower",
