@@ -821,7 +821,9 @@ class PublishConfig(_Model):
     tables: list[str] = Field(default_factory=lambda: ["recall_two_tower", "item_embeddings"])
     optional_tables: list[str] = Field(default_factory=lambda: [
         "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf", "recall_swing", "recall_usercf",
-        "recall_popular", "user_embeddings", "recall_merged", "exposure_bloom"])
+        "recall_popular", "user_embeddings", "recall_merged", "exposure_bloom", "recall_hot", "recall_fresh",
+        "recall_author", "recall_similar_author", "recall_geo", "recall_new_users", "item2vec_topk",
+        "recall_item2vec", "recall_ease", "recall_als"])
     #: evaluate the new model on D's held-out hours and refuse to publish a bad one (recsys_batch.publish.gate)
     gate: bool = True
     #: the metric the gate compares (one of recall@K / ndcg@K with K in gate_ks)

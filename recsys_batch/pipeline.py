@@ -107,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
         doc="faiss item index (exact or HNSW/IVF), recall@100 check against exact search, recall_two_tower",
     ),
     Stage(
-        "merge", "recsys_batch.recall.merge_stage:run_merge", upstream=("recall", "index"),
+        "merge", "recsys_batch.recall.merge_stage:run_merge", upstream=("recall", "recall_rules", "latent", "index"),
         outputs=("recall_merged", "exposure_bloom"),
         doc="per-user Bloom filter of the items shown in the exposure window; the channel lists merged with "
             "per-channel quotas (RRF or snake), exposed items dropped",

@@ -237,7 +237,7 @@ def test_airflow_tasks_test_passes_hostile_params_and_variables_as_arguments(tmp
 
 #: stages the e2e test builds in-process (warm JVM) and Airflow marks successful instead of re-running them;
 #: RECSYS_BATCH_FULL_DAG_TEST=1 runs every task through Airflow instead (about twice as long)
-PREBUILT = ("ingest", "matrix", "itemcf", "swing", "usercf", "features", "samples")
+PREBUILT = ("ingest", "matrix", "itemcf", "swing", "usercf", "features", "samples", "recall_rules", "latent")
 
 
 @pytest.mark.slow
