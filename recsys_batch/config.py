@@ -497,6 +497,28 @@ class TrainConfig(_Model):
 RANKING_TASKS = ("click", "like", "collect", "share", "comment", "watch_time")
 
 
+class PrerankConfig(_Model):
+    """The pre-rank (coarse ranking) model (``recsys_batch.ranking.prerank``; docs/ranking.md): user tower . item
+    tower (cached per user / item in serving) + a small cross tower on a few user x item features, summed logits;
+    trained in train_ranking on the same rows (click, alpha calibration), optionally distilled from the ranking
+    model's click logit. Off by default: nothing in the pipeline serves it yet and it adds a pass over the day's
+    rows (+ a teacher forward with distillation) to the stage (docs/ranking.md gives the measured cost)."""
+
+    enabled: bool = False
+    id_embedding_dim: int = Field(16, ge=1)
+    feature_embedding_dim: int = Field(4, ge=1)
+    #: hidden layers of the user and the item tower; their outputs (vector_dim wide) meet in a dot product
+    tower_dims: list[int] = Field(default_factory=lambda: [64])
+    vector_dim: int = Field(16, ge=1)
+    #: hidden layers of the cross tower on [seq_hit, seq_mean, seq_max, seq_any, value matches]
+    cross_dims: list[int] = Field(default_factory=lambda: [16])
+    #: (user feature, item feature) pairs compared by value: 1 when an item value is among the user's values
+    cross_pairs: list[tuple[str, str]] = Field(default_factory=lambda: [("u_top_categories", "i_category")])
+    #: lambda of L = (1 - lambda) BCE(z, click) + lambda BCE(z, sigmoid(ranking click logit)); 0 = no teacher
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)
+    learning_rate: float = Field(0.005, gt=0.0)
+
+
 class RankingConfig(_Model):
     """Daily retrain of the multi-task ranking model (``recsys_batch.ranking``; docs/ranking.md).
 
@@ -569,6 +591,7 @@ class RankingConfig(_Model):
     torch_threads: int | None = Field(1, ge=1)
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True
+    prerank: PrerankConfig = PrerankConfig()
 
     @field_validator("task_weights", "fusion_weights")
     @classmethod

@@ -161,6 +161,8 @@ def init_output_biases(model: nn.Module, labels: torch.Tensor, watch_s: torch.Te
     prior.append(float(torch.log1p(watch_s[clicked].clamp_min(0)).mean()) if clicked.any() else 0.0)
     if isinstance(model, LogisticBaseline):
         model.i_dense.bias.copy_(torch.tensor(prior))
+    elif hasattr(model, "set_prior"):  # the pre-rank model (click only)
+        model.set_prior(prior)
     else:
         for t, tower in enumerate(model.towers):
             tower[-1].bias.fill_(prior[t])

@@ -13,6 +13,10 @@ under ``torchrun`` runs :func:`recsys_batch.runner.ddp_job_main`):
    (:mod:`recsys_batch.ranking.evaluate`), applies the gate and writes ``models/ranking/dt=D/{checkpoint.pt,
    ranking.pt, feature_spec.json, ranking_meta.json, evaluation.json}`` -- the gate's decision in
    ``evaluation.json``; a refused model is not warm-started from, and publish ships the last accepted one.
+
+With ``ranking.prerank.enabled`` the pre-rank model (:mod:`recsys_batch.ranking.prerank`) is trained after step 3
+on the same rows (distilled from today's model), evaluated beside it in step 4 (click only) and written as
+``prerank_checkpoint.pt``, ``prerank.pt``, ``prerank_meta.json`` in the same folder. It does not enter the gate.
 """
 
 from __future__ import annotations
@@ -41,9 +45,10 @@ from recsys_batch.ranking.checkpoint import (
 )
 from recsys_batch.ranking.data import RankingStream, encode_targets, require_ranking_columns
 from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
-from recsys_batch.ranking.export import EVALUATION, export_ranking
+from recsys_batch.ranking.export import EVALUATION, export_prerank, export_ranking
 from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
 from recsys_batch.ranking.model import build, init_output_biases, run, shape_for
+from recsys_batch.ranking.prerank import PRERANK_CHECKPOINT, build_prerank, load_prerank_checkpoint, prerank_loss_fn
 from recsys_batch.training.columns import C
 from recsys_batch.training.data import count_rows, holdout_cutoff, list_units, make_loader, sample_files
 from recsys_batch.training.train import (
@@ -65,11 +70,14 @@ class RankingTrainResult(TrainResult):
 
 def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                   on_step: Callable[[int, int, float, float], None] | None = None, fresh: bool = False,
-                  learning_rate: float | None = None) -> RankingTrainResult:
+                  learning_rate: float | None = None,
+                  loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> RankingTrainResult:
     """``rc.epochs`` passes over ``stream`` (or ``rc.max_steps`` steps) of the masked multi-task loss; works in
     one process and under DDP (process group initialised: gradients averaged, ``join()`` for uneven inputs).
     ``fresh``: set the output biases to the task priors of the stream's first row group
-    (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows."""
+    (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows.
+    ``loss_fn(net, batch)``: the loss (default: the masked multi-task loss; the pre-rank model's is
+    :func:`recsys_batch.ranking.prerank.prerank_loss_fn`)."""
     rank, world = dist_info()
     ddp = world > 1
     if fresh and stream.units:  # before DDP: every rank reads the same first row group, so the same priors
@@ -89,8 +97,11 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
         stream.set_epoch(epoch)
         with net.join() if ddp else _NullCtx():
             for batch in make_loader(stream, rc.num_workers):
-                loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
-                                         weights)
+                if loss_fn is None:
+                    loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
+                                             weights)
+                else:
+                    loss = loss_fn(net, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -183,6 +194,8 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
         log.info("train_ranking %s: logistic-regression baseline, %d steps, final loss %.4f", run_date, base.steps,
                  base.final_loss or float("nan"))
         models["lr"] = (lr, ul, il)
+    if rc.prerank.enabled:
+        models["prerank"] = (_train_prerank(rc, run_date, stream, ul, il, model, prev, files, cutoff, world), ul, il)
     res.warm_start_from = prev[1] if prev else None
     res.warm_start_rows = ws
     version = f"ranking-{run_date.isoformat()}-{cfg.config_hash()}"
@@ -217,12 +230,47 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
                              "gate": gate["decision"]})
     res.exports = export_ranking(model, ul, il, spec, alpha, rc.fusion_weights, out,
                                  {"model_version": version, "run_date": run_date.isoformat()})
+    if "prerank" in models:
+        pre = models["prerank"][0]
+        save_ranking_checkpoint(f"{out}/{PRERANK_CHECKPOINT}", pre, spec, ul, il,
+                                {"run_date": run_date.isoformat(), "model_version": version, "alpha": alpha})
+        res.exports.update(export_prerank(pre, alpha, out, {"model_version": version,
+                                                            "run_date": run_date.isoformat()}))
     fs.write_atomic(f"{out}/{EVALUATION}", json.dumps(finite(evaluation), indent=1, default=str))
     res.exports["evaluation"] = f"{out}/{EVALUATION}"
     res.gate, res.holdout_rows = gate["decision"], n_eval
     res.table = format_table(metrics) if metrics else "(no held-out rows)"
     res.output_rows = {"ranking_holdout_rows": n_eval}
     return res
+
+
+def _train_prerank(rc: RankingConfig, run_date: date, stream: Callable[[], RankingStream], ul, il,  # noqa: ANN001
+                   teacher: nn.Module, prev: tuple[date, str] | None, files: list[str], cutoff: Any, world: int
+                   ) -> nn.Module:
+    """The pre-rank model of D (:mod:`recsys_batch.ranking.prerank`): warm-started from the pre-rank checkpoint
+    beside the ranking checkpoint warm-started from (when there is one), else fresh with whole epochs up to
+    ``fresh_min_steps``; one pass of (distilled) click BCE over the same rows, the trained ranking model as
+    teacher."""
+    pc = rc.prerank
+    seed_everything(rc.seed + 2)
+    pre = build_prerank(ul, il, pc, rc.dropout)
+    old_path = f"{prev[1].rsplit('/', 1)[0]}/{PRERANK_CHECKPOINT}" if prev is not None else None
+    prc = rc
+    if old_path is not None and fs.is_file(old_path):
+        ws = warm_start_ranking(pre, load_prerank_checkpoint(old_path), ul, il)
+        log.info("train_ranking %s: pre-rank warm start from %s (%s)", run_date, old_path, ws)
+        fresh = False
+    else:
+        fresh = True
+        if rc.fresh_min_steps:
+            prc = rc.model_copy(update={"epochs": fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"),
+                                                               rc, world)})
+    teacher.eval()
+    r = train_ranking(pre, stream(), prc, fresh=fresh, learning_rate=pc.learning_rate,
+                      loss_fn=prerank_loss_fn(teacher if pc.distill_weight > 0 else None, pc.distill_weight))
+    log.info("train_ranking %s: pre-rank model, %d steps (%.1fs, distill weight %g), final loss %.4f", run_date,
+             r.steps, r.seconds, pc.distill_weight, r.final_loss or float("nan"))
+    return pre
 
 
 def finite(o: Any) -> Any:
