@@ -555,3 +555,15 @@ def test_torchrun_two_ranks_run_the_train_ranking_job(tmp_path):
     assert len(priors) == 4 and len(set(priors)) == 1  # model and baseline, both ranks: the same first row group
     folder = tmp_path / "wh" / "models" / "ranking" / "dt=2026-01-01"
     assert {p.name for p in folder.iterdir()} >= {"checkpoint.pt", "ranking.pt", "ranking_meta.json", "evaluation.json"}
+
+
+def test_mmoe_single_matmul_form_equals_one_matmul_per_expert_and_gate():
+    for dims in ([8], [8, 4]):
+        mm = MMoE(12, n_tasks=3, n_experts=4, expert_dims=dims)
+        x = torch.randn(6, 12)
+        e = torch.stack([f(x) for f in mm.experts], 1)
+        want = torch.stack([(torch.softmax(g(x), -1).unsqueeze(-1) * e).sum(1) for g in mm.gates], 0)
+        assert torch.allclose(mm(x), want, atol=1e-6)
+        assert torch.allclose(torch.jit.script(mm)(x), want, atol=1e-6)
+    assert set(mm.state_dict()) == {f"experts.{k}.{j}.{p}" for k in range(4) for j in (0, 2) for p in ("weight", "bias")} \
+        | {f"gates.{t}.{p}" for t in range(3) for p in ("weight", "bias")}
