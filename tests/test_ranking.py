@@ -567,3 +567,20 @@ def test_mmoe_single_matmul_form_equals_one_matmul_per_expert_and_gate():
         assert torch.allclose(torch.jit.script(mm)(x), want, atol=1e-6)
     assert set(mm.state_dict()) == {f"experts.{k}.{j}.{p}" for k in range(4) for j in (0, 2) for p in ("weight", "bias")} \
         | {f"gates.{t}.{p}" for t in range(3) for p in ("weight", "bias")}
+
+
+def test_index_add_embedding_gives_nn_embedding_values_and_gradients():
+    from recsys_batch.ranking.embedding import Embedding
+
+    fast, ref = Embedding(6, 3), torch.nn.Embedding(6, 3)
+    with torch.no_grad():
+        ref.weight.copy_(fast.weight)
+    idx = torch.tensor([[1, 1, 0], [5, 1, 2]])  # duplicates accumulate
+    g = torch.randn(2, 3, 3)
+    (fast(idx) * g).sum().backward()
+    (ref(idx) * g).sum().backward()
+    assert torch.equal(fast(idx), ref(idx)) and torch.allclose(fast.weight.grad, ref.weight.grad, atol=1e-6)
+    assert torch.allclose(fast.weight.grad[1], g[0, 0] + g[0, 1] + g[1, 1], atol=1e-6)
+    assert fast.weight.grad[3].abs().sum() == 0 and set(fast.state_dict()) == {"weight"}
+    fast.eval()
+    assert torch.equal(torch.jit.script(fast)(idx), ref(idx))

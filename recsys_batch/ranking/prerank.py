@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_batch.ranking.embedding import Embedding
 from recsys_batch.ranking.experts import mlp
 from recsys_batch.ranking.model import run
 from recsys_batch.training.features import TowerLayout
@@ -125,8 +126,8 @@ class PrerankModel(nn.Module):
         super().__init__()
         self.shape = shape
         u, i, di, dk = shape.user, shape.item, shape.id_embedding_dim, shape.feature_embedding_dim
-        self.user_id, self.item_id = nn.Embedding(u.id_size, di), nn.Embedding(i.id_size, di)
-        self.user_fused, self.item_fused = nn.Embedding(max(u.fused_size, 1), dk), nn.Embedding(max(i.fused_size, 1), dk)
+        self.user_id, self.item_id = Embedding(u.id_size, di), Embedding(i.id_size, di)
+        self.user_fused, self.item_fused = Embedding(max(u.fused_size, 1), dk), Embedding(max(i.fused_size, 1), dk)
         for t in (self.user_id, self.item_id, self.user_fused, self.item_fused):
             nn.init.normal_(t.weight, std=0.05)
         u_in = di * (1 + int(u.has_seq)) + dk * (u.n_cat + u.n_lists) + u.n_dense
