@@ -557,6 +557,9 @@ class RankingConfig(_Model):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     #: loss weight per task (missing = 1)
     task_weights: dict[str, float] = Field(default_factory=dict)
+    #: the conditional tasks' losses (sums over the clicked rows) divided by the batch's impressions (the joint
+    #: likelihood per impression) or by its clicked rows (a mean per click: weights them by 1 / click share)
+    conditional_loss: Literal["impressions", "clicks"] = "impressions"
     #: fusion exponents: score = p_click^w_click * prod_t (1 + p_t)^w_t, p_t = p_click * p(t | click) for the
     #: binary tasks, p_watch = p_click * predicted log1p(watch seconds) (published with the model)
     fusion_weights: dict[str, float] = Field(default_factory=lambda: {

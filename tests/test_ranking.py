@@ -213,7 +213,8 @@ def test_masked_multitask_loss_matches_hand_computed_values():
                         [0.0, -0.5, 1.0, 0.0, 0.0, 1.0]])
     labels = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0, 0.0]])
     watch = torch.tensor([math.e - 1.0, 100.0, 0.0])  # log1p: 1, -, 0
-    want = [
+    # per clicked row (conditional_loss: clicks): sums over the 2 clicked rows / 2
+    per_click = [
         (_sp(-1.0) + _sp(-1.0) + _sp(0.0)) / 3,  # click: every row
         (_sp(-0.5) + _sp(-0.5)) / 2,              # like | click: rows 0 (y=1, z=.5), 2 (y=0, z=-.5)
         (_sp(0.0) + _sp(1.0)) / 2,                # collect | click
@@ -221,6 +222,9 @@ def test_masked_multitask_loss_matches_hand_computed_values():
         (_sp(0.0) + _sp(0.0)) / 2,                # comment | click
         ((2.0 - 1.0) ** 2 + (1.0 - 0.0) ** 2) / 2,  # watch: (pred - log1p s)^2 on clicked rows
     ]
+    assert task_losses(out, labels, watch, per_impression=False).tolist() == pytest.approx(per_click, abs=1e-6)
+    # per impression (the default, the joint likelihood): the same sums / 3 rows
+    want = [per_click[0]] + [x * 2 / 3 for x in per_click[1:]]
     assert task_losses(out, labels, watch).tolist() == pytest.approx(want, abs=1e-6)
     total, per = multitask_loss(out, labels, watch, torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0, 0.5]))
     assert total.item() == pytest.approx(want[0] + 2 * want[1] + 0.5 * want[5], abs=1e-6)

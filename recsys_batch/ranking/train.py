@@ -99,7 +99,7 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
             for batch in make_loader(stream, rc.num_workers):
                 if loss_fn is None:
                     loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
-                                             weights)
+                                             weights, rc.conditional_loss == "impressions")
                 else:
                     loss = loss_fn(net, batch)
                 opt.zero_grad(set_to_none=True)
