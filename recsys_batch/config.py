@@ -571,6 +571,11 @@ class RankingConfig(_Model):
     epochs: int = Field(1, ge=1)
     #: without a checkpoint: repeat epochs until about this many optimizer steps (null = epochs only)
     fresh_min_steps: int | None = Field(200, ge=1)
+    #: > 0: repeated fresh epochs stop early on the loss of the last this-many hours before the holdout cut (not
+    #: trained on by a fresh model; the best epoch is kept). Off: on the synthetic generator the total loss
+    #: turns up after ~3 epochs (conditional tasks) while click still needs ~12 (docs/ranking.md)
+    fresh_validation_hours: float = Field(0.0, ge=0.0, lt=24.0)
+    fresh_patience_epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     num_workers: int = Field(1, ge=0)
     shuffle_row_groups: int = Field(4, ge=1)

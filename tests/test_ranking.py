@@ -588,3 +588,22 @@ def test_index_add_embedding_gives_nn_embedding_values_and_gradients():
     assert fast.weight.grad[3].abs().sum() == 0 and set(fast.state_dict()) == {"weight"}
     fast.eval()
     assert torch.equal(torch.jit.script(fast)(idx), ref(idx))
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience():
+    from recsys_batch.ranking.train import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stop = EarlyStopping.__new__(EarlyStopping)
+    stop.model, stop.rc, stop.losses, stop.best = model, RankingConfig(fresh_patience_epochs=1), [], None
+    seq = iter([1.0, 0.8, 0.9, 0.7])
+    stop.loss = lambda: next(seq)
+    assert stop(0) is False
+    with torch.no_grad():
+        model.weight.fill_(2.0)  # epoch 1's weights: the best
+    assert stop(1) is False
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    assert stop(2) is True  # no improvement for 1 epoch: stop
+    stop.restore("test")
+    assert model.weight.tolist() == [[2.0, 2.0]] and stop.losses == [1.0, 0.8, 0.9]

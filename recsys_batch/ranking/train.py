@@ -26,12 +26,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsys_batch.config import Config, RankingConfig
@@ -50,7 +53,7 @@ from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
 from recsys_batch.ranking.model import build, init_output_biases, run, shape_for
 from recsys_batch.ranking.prerank import PRERANK_CHECKPOINT, build_prerank, load_prerank_checkpoint, prerank_loss_fn
 from recsys_batch.training.columns import C
-from recsys_batch.training.data import count_rows, holdout_cutoff, list_units, make_loader, sample_files
+from recsys_batch.training.data import count_rows, cut_scalar, holdout_cutoff, list_units, make_loader, sample_files
 from recsys_batch.training.train import (
     TrainResult, _global_sum, _NullCtx, _progress, dist_info, fresh_epochs, seed_everything, spec_for_samples,
 )
@@ -71,13 +74,15 @@ class RankingTrainResult(TrainResult):
 def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                   on_step: Callable[[int, int, float, float], None] | None = None, fresh: bool = False,
                   learning_rate: float | None = None,
-                  loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> RankingTrainResult:
+                  loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+                  on_epoch: Callable[[int], bool] | None = None) -> RankingTrainResult:
     """``rc.epochs`` passes over ``stream`` (or ``rc.max_steps`` steps) of the masked multi-task loss; works in
     one process and under DDP (process group initialised: gradients averaged, ``join()`` for uneven inputs).
     ``fresh``: set the output biases to the task priors of the stream's first row group
     (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows.
     ``loss_fn(net, batch)``: the loss (default: the masked multi-task loss; the pre-rank model's is
-    :func:`recsys_batch.ranking.prerank.prerank_loss_fn`)."""
+    :func:`recsys_batch.ranking.prerank.prerank_loss_fn`). ``on_epoch(epoch)`` after each epoch (every rank, the
+    model in train mode): True stops (:class:`EarlyStopping`)."""
     rank, world = dist_info()
     ddp = world > 1
     if fresh and stream.units:  # before DDP: every rank reads the same first row group, so the same priors
@@ -120,9 +125,70 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                     break
         if done:
             break
+        if on_epoch is not None and on_epoch(epoch):
+            break
     res.seconds = time.perf_counter() - t0
     model.eval()
     return res
+
+
+def validation_rows(files: list[str], lo: datetime, hi: datetime, max_rows: int) -> pa.Table | None:
+    """Rows with lo <= ts < hi (at most ``max_rows``, the first ones by ts), or None without any."""
+    f0 = resolve(files[0])
+    ds = pads.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=f0[0])
+    typ = ds.schema.field(C.TS).type
+    t = ds.to_table(filter=(pads.field(C.TS) >= cut_scalar(lo, typ)) & (pads.field(C.TS) < cut_scalar(hi, typ)))
+    if t.num_rows == 0:
+        return None
+    return t.sort_by([(C.TS, "ascending")]).slice(0, max_rows)
+
+
+class EarlyStopping:
+    """Early stopping of a fresh model's repeated epochs (``ranking.fresh_validation_hours``): after each epoch the
+    training loss (the same multi-task loss, eval mode) on the validation rows -- the last hours before the
+    holdout cut, not trained on; the gate's held-out rows stay untouched -- ; stop after
+    ``fresh_patience_epochs`` epochs without improvement and :meth:`restore` the best epoch's weights.
+
+    Why: repeating one day's rows (``fresh_min_steps`` 200 = 12 passes over the synthetic day) memorises per-id
+    labels -- held-out log loss of the conditional tasks rose to ~1.0 against 0.55 for the LR baseline, and the
+    warm-started next day inherited it (docs/ranking.md). Every rank computes the same loss on the same rows, so
+    the decision is identical under DDP. Cost: one forward over the validation rows per epoch."""
+
+    def __init__(self, model: nn.Module, rows: pa.Table, ul, il, rc: RankingConfig):  # noqa: ANN001
+        self.model, self.rc = model, rc
+        self.u = {k: torch.from_numpy(v) for k, v in ul.encode(rows).items()}
+        self.i = {k: torch.from_numpy(v) for k, v in il.encode(rows).items()}
+        self.tg = encode_targets(rows)
+        self.weights = task_weight_vector(rc.task_weights)
+        self.losses: list[float] = []
+        self.best: tuple[float, int, dict] | None = None
+
+    @torch.no_grad()
+    def loss(self) -> float:
+        was = self.model.training
+        self.model.eval()
+        out = torch.cat([run(self.model, {k: v[s:s + 8192] for k, v in self.u.items()},
+                             {k: v[s:s + 8192] for k, v in self.i.items()})
+                         for s in range(0, len(self.tg["watch"]), 8192)])
+        self.model.train(was)
+        if out.shape[1] == 1:  # click-only models
+            return float(F.binary_cross_entropy_with_logits(out[:, 0], self.tg["labels"][:, 0]))
+        return float(multitask_loss(out, self.tg["labels"], self.tg["watch"], self.weights,
+                                    self.rc.conditional_loss == "impressions")[0])
+
+    def __call__(self, epoch: int) -> bool:
+        v = self.loss()
+        self.losses.append(v)
+        if self.best is None or v < self.best[0]:
+            self.best = (v, epoch, {k: t.detach().clone() for k, t in self.model.state_dict().items()})
+        return epoch - self.best[1] >= self.rc.fresh_patience_epochs
+
+    def restore(self, where: str) -> None:
+        if self.best is None:
+            return
+        self.model.load_state_dict(self.best[2])
+        log.info("%s: early stopping kept epoch %d of %d (validation loss per epoch %s)", where, self.best[1] + 1,
+                 len(self.losses), [round(x, 4) for x in self.losses])
 
 
 def day_alpha(files: list[str]) -> float:
@@ -165,21 +231,33 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
         log.warning("train_ranking %s: no earlier ranking checkpoint%s: starting fresh", run_date,
                     "" if rc.warm_start else " (ranking.warm_start is false)")
     cutoff = holdout_cutoff(run_date, rc.holdout_hours)
+    train_cut, val = cutoff, None
     if prev is None and rc.fresh_min_steps:
         n = fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"), rc, world)
+        if n > 1 and rc.fresh_validation_hours > 0:  # repeated epochs: early stopping on the last hours before the cut
+            end = cutoff or holdout_cutoff(run_date + timedelta(days=1), 24.0)
+            train_cut = end - timedelta(hours=rc.fresh_validation_hours)
+            val = validation_rows(files, train_cut, end, rc.eval_max_rows)
+            if val is None:
+                train_cut = cutoff
+            else:
+                n = fresh_epochs(count_rows(files, train_cut, "train"), rc, world)
         if n != rc.epochs:
-            log.info("train_ranking %s: no checkpoint: %d epochs (ranking.fresh_min_steps %d)", run_date, n,
-                     rc.fresh_min_steps)
+            log.info("train_ranking %s: no checkpoint: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date, n,
+                     rc.fresh_min_steps, f", early stopping on {val.num_rows:,} rows after {train_cut}" if val else "")
             rc = rc.model_copy(update={"epochs": n})
     units = list_units(files)
 
     def stream() -> RankingStream:
         return RankingStream(files, ul, il, rc.batch_size, rc.seed, rank, world, rc.shuffle_row_groups,
-                             cutoff=cutoff, part="train" if cutoff else "all", units=units)
+                             cutoff=train_cut, part="train" if train_cut else "all", units=units)
 
     on_step, bar = _progress(rc, sum(u.rows for u in units), rank)
     try:
-        res = train_ranking(model, stream(), rc, on_step, fresh=prev is None)
+        stopper = EarlyStopping(model, val, ul, il, rc) if val is not None else None
+        res = train_ranking(model, stream(), rc, on_step, fresh=prev is None, on_epoch=stopper)
+        if stopper is not None:
+            stopper.restore(f"train_ranking {run_date}")
     finally:
         if bar is not None:
             bar.close()
@@ -190,7 +268,10 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     if rc.baseline:
         seed_everything(rc.seed + 1)
         lr = build(shape_for(ul, il, rc, kind="lr"))
-        base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate)
+        stop_lr = EarlyStopping(lr, val, ul, il, rc) if val is not None else None
+        base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate, on_epoch=stop_lr)
+        if stop_lr is not None:
+            stop_lr.restore(f"train_ranking {run_date} (baseline)")
         log.info("train_ranking %s: logistic-regression baseline, %d steps, final loss %.4f", run_date, base.steps,
                  base.final_loss or float("nan"))
         models["lr"] = (lr, ul, il)
