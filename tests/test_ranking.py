@@ -590,8 +590,22 @@ def test_index_add_embedding_gives_nn_embedding_values_and_gradients():
     assert torch.equal(torch.jit.script(fast)(idx), ref(idx))
 
 
-def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience():
-    from recsys_batch.ranking.train import EarlyStopping
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(two_days):
+    from datetime import timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_batch.ranking.train import EarlyStopping, validation_rows
+    from recsys_batch.training.data import holdout_cutoff, sample_files
+
+    cfg, _, d1, _, _, _ = two_days  # the validation rows: lo <= ts < hi, the gate's held-out rows excluded
+    files = sample_files(cfg.warehouse, d1, "ranking")[0]
+    hi = holdout_cutoff(d1, cfg.ranking.holdout_hours)
+    lo = hi - timedelta(hours=2)
+    ts = pa.concat_tables([pq.read_table(f) for f in files])["ts"].to_pylist()
+    v = validation_rows(files, lo, hi, 10_000)
+    assert v.num_rows == sum(lo <= t < hi for t in ts) > 0 and validation_rows(files, lo, hi, 5).num_rows == 5
 
     model = torch.nn.Linear(2, 1)
     stop = EarlyStopping.__new__(EarlyStopping)
