@@ -149,9 +149,10 @@ class EarlyStopping:
     holdout cut, not trained on; the gate's held-out rows stay untouched -- ; stop after
     ``fresh_patience_epochs`` epochs without improvement and :meth:`restore` the best epoch's weights.
 
-    Why: repeating one day's rows (``fresh_min_steps`` 200 = 12 passes over the synthetic day) memorises per-id
-    labels -- held-out log loss of the conditional tasks rose to ~1.0 against 0.55 for the LR baseline, and the
-    warm-started next day inherited it (docs/ranking.md). Every rank computes the same loss on the same rows, so
+    Why: repeating one day's rows (the first pass's ``fresh_min_steps`` 200 = 12 passes over the synthetic day)
+    memorises per-id labels -- held-out log loss of the conditional tasks rose to ~1.0 against 0.55 for the LR
+    baseline, and the warm-started next day inherited it. Off by default: on the synthetic generator the total
+    loss turns up after ~3 passes while click still improves (docs/ranking.md). Every rank computes the same loss on the same rows, so
     the decision is identical under DDP. Cost: one forward over the validation rows per epoch."""
 
     def __init__(self, model: nn.Module, rows: pa.Table, ul, il, rc: RankingConfig):  # noqa: ANN001
