@@ -704,6 +704,28 @@ class TrainConfig(_Model):
 RANKING_TASKS = ("click", "like", "collect", "share", "comment", "watch_time")
 
 
+class PrerankConfig(_Model):
+    """The pre-rank (coarse ranking) model (``recsys_batch.ranking.prerank``; docs/ranking.md): user tower . item
+    tower (cached per user / item in serving) + a small cross tower on a few user x item features, summed logits;
+    trained in train_ranking on the same rows (click, alpha calibration), optionally distilled from the ranking
+    model's click logit. Off by default: nothing in the pipeline serves it yet and it adds a pass over the day's
+    rows (+ a teacher forward with distillation) to the stage (docs/ranking.md gives the measured cost)."""
+
+    enabled: bool = False
+    id_embedding_dim: int = Field(16, ge=1)
+    feature_embedding_dim: int = Field(4, ge=1)
+    #: hidden layers of the user and the item tower; their outputs (vector_dim wide) meet in a dot product
+    tower_dims: list[int] = Field(default_factory=lambda: [64])
+    vector_dim: int = Field(16, ge=1)
+    #: hidden layers of the cross tower on [seq_hit, seq_mean, seq_max, seq_any, value matches]
+    cross_dims: list[int] = Field(default_factory=lambda: [16])
+    #: (user feature, item feature) pairs compared by value: 1 when an item value is among the user's values
+    cross_pairs: list[tuple[str, str]] = Field(default_factory=lambda: [("u_top_categories", "i_category")])
+    #: lambda of L = (1 - lambda) BCE(z, click) + lambda BCE(z, sigmoid(ranking click logit)); 0 = no teacher
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)
+    learning_rate: float = Field(0.005, gt=0.0)
+
+
 class RankingConfig(_Model):
     """Daily retrain of the multi-task ranking model (``recsys_batch.ranking``; docs/ranking.md).
 
@@ -742,17 +764,27 @@ class RankingConfig(_Model):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     #: loss weight per task (missing = 1)
     task_weights: dict[str, float] = Field(default_factory=dict)
+    #: the conditional tasks' losses (sums over the clicked rows) divided by the batch's impressions (the joint
+    #: likelihood per impression) or by its clicked rows (a mean per click: weights them by 1 / click share)
+    conditional_loss: Literal["impressions", "clicks"] = "impressions"
     #: fusion exponents: score = p_click^w_click * prod_t (1 + p_t)^w_t, p_t = p_click * p(t | click) for the
     #: binary tasks, p_watch = p_click * predicted log1p(watch seconds) (published with the model)
     fusion_weights: dict[str, float] = Field(default_factory=lambda: {
         "click": 1.0, "like": 1.0, "collect": 1.0, "share": 1.0, "comment": 1.0, "watch_time": 0.5})
     batch_size: int = Field(2048, ge=2)
-    learning_rate: float = Field(0.005, gt=0.0)
+    #: 0.015 with fresh_min_steps 60: the parameter travel of 0.005 x 200 steps in 3.4x fewer passes over a
+    #: first day (docs/ranking.md: repeated passes memorise per-id labels, too few steps miss the crosses)
+    learning_rate: float = Field(0.015, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     #: passes when warm-starting (a daily full retrain is one shuffled epoch)
     epochs: int = Field(1, ge=1)
     #: without a checkpoint: repeat epochs until about this many optimizer steps (null = epochs only)
-    fresh_min_steps: int | None = Field(200, ge=1)
+    fresh_min_steps: int | None = Field(60, ge=1)
+    #: > 0: repeated fresh epochs stop early on the loss of the last this-many hours before the holdout cut (not
+    #: trained on by a fresh model; the best epoch is kept). Off: on the synthetic generator the total loss
+    #: turns up after ~3 epochs (conditional tasks) while click still needs ~12 (docs/ranking.md)
+    fresh_validation_hours: float = Field(0.0, ge=0.0, lt=24.0)
+    fresh_patience_epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     num_workers: int = Field(1, ge=0)
     shuffle_row_groups: int = Field(4, ge=1)
@@ -776,6 +808,7 @@ class RankingConfig(_Model):
     torch_threads: int | None = Field(1, ge=1)
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True
+    prerank: PrerankConfig = PrerankConfig()
 
     @field_validator("task_weights", "fusion_weights")
     @classmethod

@@ -128,6 +128,82 @@ def test_models_output_one_column_per_task(kind):
     assert RankingShape.from_dict(_shape(kind).to_dict()) == _shape(kind)
 
 
+# ---- pre-rank model ---------------------------------------------------------------------------------------
+
+def _prerank(has_seq=True, pairs=(("list", 0, "cat", 0),), lookups=None):
+    from recsys_batch.ranking.prerank import PrerankModel, PrerankShape
+
+    shape = PrerankShape(TowerShape(20, 30, 3, 1, 2, has_seq), TowerShape(25, 40, 4, 1, 1, False), id_embedding_dim=2,
+                         feature_embedding_dim=2, tower_dims=(), vector_dim=2, cross_dims=(), pairs=pairs)
+    return PrerankModel(shape, lookups if lookups is not None else [np.zeros(40, np.int64) for _ in pairs])
+
+
+def test_prerank_towers_shapes_and_the_score_is_the_sum_of_the_three_towers():
+    from recsys_batch.ranking.export import PrerankServing
+    from recsys_batch.ranking.prerank import PrerankShape
+
+    for has_seq in (True, False):
+        m = _prerank(has_seq)
+        user, item = _inputs(has_seq=has_seq)
+        seq = user.get("seq", torch.zeros((7, 0), dtype=torch.int64))
+        u = m.user_vector(user["ids"], user["cat"], user["lists"], user["dense"], seq)
+        v = m.item_vector(item["ids"], item["cat"], item["lists"], item["dense"])
+        x = m.cross_features(user["cat"], user["lists"], seq, item["ids"], item["cat"], item["lists"])
+        assert u.shape == v.shape == (7, 2) and x.shape == (7, 5)
+        assert run(m, user, item).shape == (7, 1)
+    assert PrerankShape.from_dict(m.shape.to_dict()) == m.shape
+    # a hand-set case: the towers are single linear layers picking the id embeddings, the cross tower a linear map
+    lookup = np.zeros(40, np.int64)
+    lookup[7] = 12  # item fused row 7 (say i_category = "c1") <-> user fused row 12 (u_top_categories has "c1")
+    m = _prerank(lookups=[lookup])
+    with torch.no_grad():
+        m.user_id.weight[3] = torch.tensor([1.0, 2.0])
+        m.item_id.weight[4] = torch.tensor([3.0, -1.0])  # the candidate
+        m.item_id.weight[5] = torch.tensor([1.0, 1.0])   # history items
+        m.item_id.weight[6] = torch.tensor([0.0, 2.0])
+        m.user_tower[-1].weight.zero_(), m.user_tower[-1].bias.zero_()
+        m.user_tower[-1].weight[0, 0] = m.user_tower[-1].weight[1, 1] = 1.0  # u = e_user(id)
+        m.item_tower[-1].weight.zero_(), m.item_tower[-1].bias.zero_()
+        m.item_tower[-1].weight[0, 0] = m.item_tower[-1].weight[1, 1] = 1.0  # v = e_item(id)
+        m.cross_tower[-1].weight.copy_(torch.tensor([[1.0, 0.5, 0.25, 2.0, 3.0]]))
+        m.cross_tower[-1].bias.fill_(-1.0)
+        m.bias.fill_(0.5)
+    u_ids, u_cat, u_dense = torch.tensor([3, 3]), torch.tensor([[1, 2, 3], [1, 2, 3]]), torch.zeros(2, 2)
+    u_lists = torch.tensor([[[12, 0, 0, 0, 0, 0, 0, 0]], [[11, 0, 0, 0, 0, 0, 0, 0]]])
+    seq = torch.tensor([[5, 4, 6, 0], [0, 0, 0, 0]])
+    i_ids, i_cat = torch.tensor([4, 4]), torch.tensor([[7, 1, 1, 1], [7, 1, 1, 1]])
+    i_lists, i_dense = torch.zeros(2, 1, 8, dtype=torch.long), torch.zeros(2, 1)
+    x = m.cross_features(u_cat, u_lists, seq, i_ids, i_cat, i_lists)
+    # row 0: candidate 4 in the last-N; dots with e(5), e(4), e(6) = 2, 10, -2 -> mean 10/3, max 10; a history;
+    #        the item's category row 7 -> user row 12, among the user's values. row 1: empty history, row 11
+    assert torch.allclose(x, torch.tensor([[1.0, 10 / 3, 10.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]]))
+    # <u, v> = (1, 2) . (3, -1) = 1; cross = 1 + 0.5 * 10/3 + 0.25 * 10 + 2 + 3 - 1 = 7.5 + 5/3; bias 0.5
+    args = (u_ids, u_cat, u_lists, u_dense, seq, i_ids, i_cat, i_lists, i_dense)
+    want = torch.tensor([1.0 + 7.5 + 5 / 3 + 0.5, 1.0 - 1.0 + 0.5])
+    assert torch.allclose(m(*args)[:, 0], want)
+    # serving: TorchScript, calibrated; the cached path (user vector, item vector, cross logit) gives the same
+    scripted = torch.jit.script(PrerankServing(m, 0.25))
+    q = torch.sigmoid(want)
+    assert torch.allclose(scripted(*args), 0.25 * q / (1 - q + 0.25 * q))
+    cached = scripted.score_cached(scripted.user_vector(u_ids, u_cat, u_lists, u_dense, seq),
+                                   scripted.item_vector(i_ids, i_cat, i_lists, i_dense),
+                                   scripted.cross_logit(u_cat, u_lists, seq, i_ids, i_cat, i_lists))
+    assert torch.allclose(cached, scripted(*args))
+
+
+def test_prerank_distillation_loss_matches_hand_computed_values():
+    from recsys_batch.ranking.prerank import distill_loss
+
+    z, y, zt = torch.tensor([1.0, -2.0]), torch.tensor([0.0, 1.0]), torch.tensor([math.log(3.0), 0.0])
+    hard = (_sp(1.0) + _sp(2.0)) / 2  # BCE(1, 0) = sp(1), BCE(-2, 1) = sp(2)
+    # soft targets sigmoid(zt) = 0.75, 0.5: BCE(z, t) = t sp(-z) + (1 - t) sp(z)
+    soft = ((0.75 * _sp(-1.0) + 0.25 * _sp(1.0)) + (0.5 * _sp(2.0) + 0.5 * _sp(-2.0))) / 2
+    assert math.isclose(float(distill_loss(z, y, zt, 0.25)), 0.75 * hard + 0.25 * soft, rel_tol=1e-6)
+    assert math.isclose(float(distill_loss(z, y, None, 0.25)), hard, rel_tol=1e-6)
+    assert math.isclose(float(distill_loss(z, y, zt, 0.0)), hard, rel_tol=1e-6)
+    assert math.isclose(float(distill_loss(z, y, zt, 1.0)), soft, rel_tol=1e-6)
+
+
 # ---- loss, calibration, fusion ---------------------------------------------------------------------------
 
 def test_masked_multitask_loss_matches_hand_computed_values():
@@ -137,7 +213,8 @@ def test_masked_multitask_loss_matches_hand_computed_values():
                         [0.0, -0.5, 1.0, 0.0, 0.0, 1.0]])
     labels = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 1.0, 0.0]])
     watch = torch.tensor([math.e - 1.0, 100.0, 0.0])  # log1p: 1, -, 0
-    want = [
+    # per clicked row (conditional_loss: clicks): sums over the 2 clicked rows / 2
+    per_click = [
         (_sp(-1.0) + _sp(-1.0) + _sp(0.0)) / 3,  # click: every row
         (_sp(-0.5) + _sp(-0.5)) / 2,              # like | click: rows 0 (y=1, z=.5), 2 (y=0, z=-.5)
         (_sp(0.0) + _sp(1.0)) / 2,                # collect | click
@@ -145,6 +222,9 @@ def test_masked_multitask_loss_matches_hand_computed_values():
         (_sp(0.0) + _sp(0.0)) / 2,                # comment | click
         ((2.0 - 1.0) ** 2 + (1.0 - 0.0) ** 2) / 2,  # watch: (pred - log1p s)^2 on clicked rows
     ]
+    assert task_losses(out, labels, watch, per_impression=False).tolist() == pytest.approx(per_click, abs=1e-6)
+    # per impression (the default, the joint likelihood): the same sums / 3 rows
+    want = [per_click[0]] + [x * 2 / 3 for x in per_click[1:]]
     assert task_losses(out, labels, watch).tolist() == pytest.approx(want, abs=1e-6)
     total, per = multitask_loss(out, labels, watch, torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0, 0.5]))
     assert total.item() == pytest.approx(want[0] + 2 * want[1] + 0.5 * want[5], abs=1e-6)
@@ -274,7 +354,7 @@ def two_days(tmp_path_factory):
     from recsys_batch.training.synthetic import World
 
     root = tmp_path_factory.mktemp("rk") / "wh"
-    cfg = _cfg(root)
+    cfg = _cfg(root, "ranking.prerank.enabled=true")
     w = World(150, 200, 3, seed=4)
     d1, d2 = date(2026, 1, 1), date(2026, 1, 2)
     build_ranking_warehouse(cfg, w, [d1], impressions_per_user=16, known_items=180)
@@ -332,7 +412,7 @@ def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_d
     assert r2.examples == train_rows  # warm start: one epoch of the rows before the holdout cut
     ev = json.loads(open(f"{ranking_dir(cfg.warehouse, d2)}/evaluation.json").read())
     assert ev["holdout_rows"] == t.num_rows - train_rows
-    assert set(ev["metrics"]) == {"new", "lr", "ranking_2026-01-01"}
+    assert set(ev["metrics"]) == {"new", "lr", "ranking_2026-01-01", "prerank"}
     assert {c["check"] for c in ev["gate"]["checks"]} == {"users", "baseline", "previous"}
     new = ev["metrics"]["new"]
     assert set(new) == {"click", "like", "collect", "share", "comment", "watch_time", "fused"}
@@ -350,6 +430,52 @@ def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_d
     probs = task_probabilities(raw, 0.5)
     want = torch.cat([probs, fuse(probs, fusion_vector(cfg.ranking.fusion_weights)).unsqueeze(1)], 1)
     assert got.shape == (5, 7) and np.allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_prerank_is_trained_warm_started_evaluated_and_exported_by_the_stage(two_days):
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_batch.ranking.checkpoint import ranking_dir
+    from recsys_batch.ranking.evaluate import layouts_for_spec, predict
+    from recsys_batch.ranking.prerank import load_prerank_checkpoint, resolve_pairs
+    from recsys_batch.training.data import sample_files
+
+    cfg, _, d1, d2, r1, r2 = two_days
+    out = ranking_dir(cfg.warehouse, d2)
+    assert r2.exports["prerank_serving"].endswith("dt=2026-01-02/prerank.pt")
+    ev = json.loads(open(f"{out}/evaluation.json").read())
+    pre = ev["metrics"]["prerank"]
+    assert set(pre) == {"click"} and pre["click"]["rows"] == ev["metrics"]["new"]["click"]["rows"]
+    assert pre["click"]["auc"] > 0.6  # the cluster match (u_top_categories x i_category) is learned
+    assert "prerank" in r2.table
+    # day 2 warm-started from day 1's pre-rank checkpoint: same tables, the grown item vocabulary
+    ck1, ck2 = load_prerank_checkpoint(f"{ranking_dir(cfg.warehouse, d1)}/prerank_checkpoint.pt"), \
+        load_prerank_checkpoint(f"{out}/prerank_checkpoint.pt")
+    assert ck1["state_dict"]["item_id.weight"].shape[0] + 20 == ck2["state_dict"]["item_id.weight"].shape[0]
+    assert ck2["shape"].pairs == (("list", 0, "cat", 0),)  # u_top_categories (a list) x i_category
+    # the value match: 1 exactly when the item's category is one of the user's top categories
+    files = sample_files(cfg.warehouse, d2, "ranking")[0]
+    t = pa.concat_tables([pq.read_table(f) for f in files]).slice(0, 300)
+    ul, il = layouts_for_spec(ck2["spec"], t.column_names, cfg.ranking)
+    _, lookups = resolve_pairs(ul, il, cfg.ranking.prerank.cross_pairs)
+    model = ck2["model"]
+    model.pair_lookup = torch.from_numpy(np.stack(lookups))
+    u = {k: torch.from_numpy(v) for k, v in ul.encode(t).items()}
+    i = {k: torch.from_numpy(v) for k, v in il.encode(t).items()}
+    x = model.cross_features(u["cat"], u["lists"], u["seq"], i["ids"], i["cat"], i["lists"])
+    want = [float(c in (tc or [])) for c, tc in zip(t["i_category"].to_pylist(), t["u_top_categories"].to_pylist(),
+                                                    strict=True)]
+    assert x[:, 4].tolist() == want and 0 < sum(want) < len(want)
+    # TorchScript: calibrated p_click of the checkpoint's logit
+    scripted = torch.jit.load(io.BytesIO(open(f"{out}/prerank.pt", "rb").read()))
+    got = scripted(u["ids"], u["cat"], u["lists"], u["dense"], u["seq"], i["ids"], i["cat"], i["lists"], i["dense"])
+    q = torch.sigmoid(torch.from_numpy(predict(model, ul, il, t))[:, 0])
+    assert torch.allclose(got, 0.5 * q / (1 - q + 0.5 * q), atol=1e-5)
+    assert json.loads(open(f"{out}/prerank_meta.json").read())["alpha"] == 0.5
 
 
 def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_keeps_the_last_accepted_model(two_days, tmp_path):
@@ -433,3 +559,65 @@ def test_torchrun_two_ranks_run_the_train_ranking_job(tmp_path):
     assert len(priors) == 4 and len(set(priors)) == 1  # model and baseline, both ranks: the same first row group
     folder = tmp_path / "wh" / "models" / "ranking" / "dt=2026-01-01"
     assert {p.name for p in folder.iterdir()} >= {"checkpoint.pt", "ranking.pt", "ranking_meta.json", "evaluation.json"}
+
+
+def test_mmoe_single_matmul_form_equals_one_matmul_per_expert_and_gate():
+    for dims in ([8], [8, 4]):
+        mm = MMoE(12, n_tasks=3, n_experts=4, expert_dims=dims)
+        x = torch.randn(6, 12)
+        e = torch.stack([f(x) for f in mm.experts], 1)
+        want = torch.stack([(torch.softmax(g(x), -1).unsqueeze(-1) * e).sum(1) for g in mm.gates], 0)
+        assert torch.allclose(mm(x), want, atol=1e-6)
+        assert torch.allclose(torch.jit.script(mm)(x), want, atol=1e-6)
+    assert set(mm.state_dict()) == {f"experts.{k}.{j}.{p}" for k in range(4) for j in (0, 2) for p in ("weight", "bias")} \
+        | {f"gates.{t}.{p}" for t in range(3) for p in ("weight", "bias")}
+
+
+def test_index_add_embedding_gives_nn_embedding_values_and_gradients():
+    from recsys_batch.ranking.embedding import Embedding
+
+    fast, ref = Embedding(6, 3), torch.nn.Embedding(6, 3)
+    with torch.no_grad():
+        ref.weight.copy_(fast.weight)
+    idx = torch.tensor([[1, 1, 0], [5, 1, 2]])  # duplicates accumulate
+    g = torch.randn(2, 3, 3)
+    (fast(idx) * g).sum().backward()
+    (ref(idx) * g).sum().backward()
+    assert torch.equal(fast(idx), ref(idx)) and torch.allclose(fast.weight.grad, ref.weight.grad, atol=1e-6)
+    assert torch.allclose(fast.weight.grad[1], g[0, 0] + g[0, 1] + g[1, 1], atol=1e-6)
+    assert fast.weight.grad[3].abs().sum() == 0 and set(fast.state_dict()) == {"weight"}
+    fast.eval()
+    assert torch.equal(torch.jit.script(fast)(idx), ref(idx))
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(two_days):
+    from datetime import timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_batch.ranking.train import EarlyStopping, validation_rows
+    from recsys_batch.training.data import holdout_cutoff, sample_files
+
+    cfg, _, d1, _, _, _ = two_days  # the validation rows: lo <= ts < hi, the gate's held-out rows excluded
+    files = sample_files(cfg.warehouse, d1, "ranking")[0]
+    hi = holdout_cutoff(d1, cfg.ranking.holdout_hours)
+    lo = hi - timedelta(hours=2)
+    ts = pa.concat_tables([pq.read_table(f) for f in files])["ts"].to_pylist()
+    v = validation_rows(files, lo, hi, 10_000)
+    assert v.num_rows == sum(lo <= t < hi for t in ts) > 0 and validation_rows(files, lo, hi, 5).num_rows == 5
+
+    model = torch.nn.Linear(2, 1)
+    stop = EarlyStopping.__new__(EarlyStopping)
+    stop.model, stop.rc, stop.losses, stop.best = model, RankingConfig(fresh_patience_epochs=1), [], None
+    seq = iter([1.0, 0.8, 0.9, 0.7])
+    stop.loss = lambda: next(seq)
+    assert stop(0) is False
+    with torch.no_grad():
+        model.weight.fill_(2.0)  # epoch 1's weights: the best
+    assert stop(1) is False
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    assert stop(2) is True  # no improvement for 1 epoch: stop
+    stop.restore("test")
+    assert model.weight.tolist() == [[2.0, 2.0]] and stop.losses == [1.0, 0.8, 0.9]

@@ -14,6 +14,8 @@ scored on the same rows. Per task (:mod:`recsys_batch.ranking.metrics`):
 * ``fused``: NDCG (whole list and @10) per user of the fused score, gain = click + like + collect + share +
   comment of the row (a row's engagement count), users with a positive gain.
 
+The pre-rank model (``ranking.prerank``, click only) is scored on the same rows: its ``click`` row alone.
+
 Gate (:func:`ranking_gate`), on click GAUC: refuse when fewer than ``gate_min_users`` users have both a click
 and a non-click among the held-out rows, when the model does not beat the baseline by more than
 ``gate_baseline_margin``, or when it is below yesterday's model by more than ``gate_tolerance`` (absolute).
@@ -80,15 +82,16 @@ def holdout_rows(files: list[str], run_date: date, rc: RankingConfig) -> pa.Tabl
 
 @torch.no_grad()
 def predict(model: nn.Module, user_layout: TowerLayout, item_layout: TowerLayout, table: pa.Table) -> np.ndarray:
-    """[rows, 6] raw outputs of ``model`` on every row of ``table`` (sample column names), in batches."""
+    """[rows, 6] raw outputs of ``model`` on every row of ``table`` (sample column names), in batches ([rows, 1]
+    for the click-only pre-rank model)."""
     model.eval()
-    out = np.zeros((table.num_rows, len(TASKS)), np.float32)
+    outs = []
     for s in range(0, table.num_rows, EVAL_BATCH):
         part = table.slice(s, EVAL_BATCH)
         u = {k: torch.from_numpy(v) for k, v in user_layout.encode(part).items()}
         i = {k: torch.from_numpy(v) for k, v in item_layout.encode(part).items()}
-        out[s:s + part.num_rows] = run(model, u, i).numpy()
-    return out
+        outs.append(run(model, u, i).numpy().astype(np.float32))
+    return np.concatenate(outs) if outs else np.zeros((0, len(TASKS)), np.float32)
 
 
 def _binary(y: np.ndarray, p: np.ndarray, users: np.ndarray, w: np.ndarray | None) -> dict[str, Any]:
@@ -107,6 +110,8 @@ def task_metrics(raw: np.ndarray, table: pa.Table, fusion_weights: dict[str, flo
     out = torch.from_numpy(raw)
     p_click = calibrate(torch.sigmoid(out[:, 0].double()), alpha.double()).numpy()
     res: dict[str, dict[str, Any]] = {"click": _binary(labels[:, 0], p_click, users, weight)}
+    if raw.shape[1] == 1:  # the pre-rank model: click only
+        return res
     clicked = labels[:, 0] > 0.5
     cond = torch.sigmoid(out[:, 1:WATCH].double()).numpy()
     for t in range(1, len(LABELS)):

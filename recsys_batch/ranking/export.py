@@ -24,14 +24,16 @@ import torch
 from torch import nn
 
 from recsys_batch.io import fs
-from recsys_batch.ranking.calibration import fuse, fusion_vector, task_probabilities
+from recsys_batch.ranking.calibration import calibrate, fuse, fusion_vector, task_probabilities
 from recsys_batch.ranking.model import TASKS
 from recsys_batch.training.columns import C
 from recsys_batch.training.features import TowerLayout, build_layout
 
 SERVING, META, SPEC, EVALUATION = "ranking.pt", "ranking_meta.json", "feature_spec.json", "evaluation.json"
-#: files of a ranking model folder that a release carries
-RANKING_FILES = (SERVING, META, SPEC, EVALUATION, "checkpoint.pt")
+PRERANK_SERVING, PRERANK_META = "prerank.pt", "prerank_meta.json"
+#: files of a ranking model folder that a release carries (the pre-rank ones when ranking.prerank.enabled)
+RANKING_FILES = (SERVING, META, SPEC, EVALUATION, "checkpoint.pt", PRERANK_SERVING, PRERANK_META,
+                 "prerank_checkpoint.pt")
 OUTPUTS = ("p_click", "p_like", "p_collect", "p_share", "p_comment", "p_watch", "score")
 
 
@@ -71,6 +73,62 @@ def export_ranking(model: nn.Module, user_layout: TowerLayout, item_layout: Towe
             "seq_len": user_layout.seq_len, "source": "samples", **extra}
     fs.write_atomic(f"{out_dir}/{META}", json.dumps(meta, indent=1, default=str))
     return {"serving": f"{out_dir}/{SERVING}", "meta": f"{out_dir}/{META}"}
+
+
+class PrerankServing(nn.Module):
+    """The pre-rank model plus the alpha calibration. ``forward(nine tensors) -> [B]`` calibrated p_click; for
+    cached serving ``user_vector(u_ids, u_cat, u_lists, u_dense, seq)`` once per user, ``item_vector(i_ids,
+    i_cat, i_lists, i_dense)`` once per item, ``cross_logit(u_cat, u_lists, seq, i_ids, i_cat, i_lists)`` per
+    pair, then ``score_cached(user_vec, item_vec, cross)`` -> calibrated p_click (the same value)."""
+
+    def __init__(self, model: nn.Module, alpha: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+
+    @torch.jit.export
+    def user_vector(self, u_ids: torch.Tensor, u_cat: torch.Tensor, u_lists: torch.Tensor, u_dense: torch.Tensor,
+                    seq: torch.Tensor) -> torch.Tensor:
+        return self.model.user_vector(u_ids, u_cat, u_lists, u_dense, seq)
+
+    @torch.jit.export
+    def item_vector(self, i_ids: torch.Tensor, i_cat: torch.Tensor, i_lists: torch.Tensor, i_dense: torch.Tensor
+                    ) -> torch.Tensor:
+        return self.model.item_vector(i_ids, i_cat, i_lists, i_dense)
+
+    @torch.jit.export
+    def cross_logit(self, u_cat: torch.Tensor, u_lists: torch.Tensor, seq: torch.Tensor, i_ids: torch.Tensor,
+                    i_cat: torch.Tensor, i_lists: torch.Tensor) -> torch.Tensor:
+        return self.model.cross_logit(u_cat, u_lists, seq, i_ids, i_cat, i_lists)
+
+    @torch.jit.export
+    def score_cached(self, user_vec: torch.Tensor, item_vec: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+        return calibrate(torch.sigmoid(self.model.score_cached(user_vec, item_vec, cross)), self.alpha)
+
+    def forward(self, u_ids: torch.Tensor, u_cat: torch.Tensor, u_lists: torch.Tensor, u_dense: torch.Tensor,
+                seq: torch.Tensor, i_ids: torch.Tensor, i_cat: torch.Tensor, i_lists: torch.Tensor,
+                i_dense: torch.Tensor) -> torch.Tensor:
+        z = self.model(u_ids, u_cat, u_lists, u_dense, seq, i_ids, i_cat, i_lists, i_dense)[:, 0]
+        return calibrate(torch.sigmoid(z), self.alpha)
+
+
+def export_prerank(model: nn.Module, alpha: float, out_dir: str, extra: dict[str, Any]) -> dict[str, str]:
+    """Write ``prerank.pt`` (TorchScript of :class:`PrerankServing`) and ``prerank_meta.json`` into ``out_dir``
+    (the inputs are encoded as the ranking model's: same ``feature_spec.json`` and input columns)."""
+    model.eval()
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(PrerankServing(model, alpha)), buf)
+    fs.write_atomic(f"{out_dir}/{PRERANK_SERVING}", buf.getbuffer())
+    meta = {"output": "p_click", "alpha": float(alpha),
+            "score": "p_click = calibrate(sigmoid(<user_vector, item_vector> + cross_logit + b), alpha)",
+            "cached": {"user_vector": ["u_ids", "u_cat", "u_lists", "u_dense", "seq"],
+                       "item_vector": ["i_ids", "i_cat", "i_lists", "i_dense"],
+                       "cross_logit": ["u_cat", "u_lists", "seq", "i_ids", "i_cat", "i_lists"],
+                       "score_cached": ["user_vector", "item_vector", "cross_logit"]},
+            "vector_dim": model.shape.vector_dim, "cross_pairs": [list(p) for p in model.shape.pairs],
+            "inputs": "as ranking_meta.json (user_columns, item_columns, seq_len; feature_spec.json)", **extra}
+    fs.write_atomic(f"{out_dir}/{PRERANK_META}", json.dumps(meta, indent=1, default=str))
+    return {"prerank_serving": f"{out_dir}/{PRERANK_SERVING}", "prerank_meta": f"{out_dir}/{PRERANK_META}"}
 
 
 class RankingScorer:

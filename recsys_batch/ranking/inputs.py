@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from recsys_batch.ranking.din import DINAttention
+from recsys_batch.ranking.embedding import Embedding
 from recsys_batch.training.model import TowerShape, _masked_mean
 
 
@@ -30,10 +31,10 @@ class RankingInputs(nn.Module):
     def __init__(self, user: TowerShape, item: TowerShape, id_dim: int, feat_dim: int,
                  din_hidden: list[int] | tuple[int, ...] = (32,)):
         super().__init__()
-        self.user_id = nn.Embedding(user.id_size, id_dim)
-        self.item_id = nn.Embedding(item.id_size, id_dim)
-        self.user_fused = nn.Embedding(max(user.fused_size, 1), feat_dim)
-        self.item_fused = nn.Embedding(max(item.fused_size, 1), feat_dim)
+        self.user_id = Embedding(user.id_size, id_dim)
+        self.item_id = Embedding(item.id_size, id_dim)
+        self.user_fused = Embedding(max(user.fused_size, 1), feat_dim)
+        self.item_fused = Embedding(max(item.fused_size, 1), feat_dim)
         self.has_seq = user.has_seq
         self.din = DINAttention(id_dim, list(din_hidden)) if user.has_seq else None
         for t in (self.user_id, self.item_id, self.user_fused, self.item_fused):

@@ -3,10 +3,19 @@
 Per batch of B impressions with outputs ``out [B, 6]`` (raw, ``model.TASKS`` order), labels ``[B, 5]``
 (click, like, collect, share, comment) and watch seconds ``[B]``; C = the clicked rows (click = 1):
 
-    L_click = mean_{all rows} BCE(out_click, click)                      -- unweighted, see below
-    L_t     = mean_{r in C} BCE(out_t, label_t)   t in like, collect, share, comment   -- p(t | click)
-    L_watch = mean_{r in C} (out_watch - log1p(watch_s))^2                               -- E[log1p T | click]
+    L_click = (1/B) sum_{all rows} BCE(out_click, click)                 -- unweighted, see below
+    L_t     = (1/B) sum_{r in C} BCE(out_t, label_t)   t in like, collect, share, comment   -- p(t | click)
+    L_watch = (1/B) sum_{r in C} (out_watch - log1p(watch_s))^2                             -- E[log1p T | click]
     L = sum_t w_t L_t           (w_t = ranking.task_weights, default 1; a task with no clicked row adds 0)
+
+**Per impression, not per click** (``ranking.conditional_loss: impressions``). L is the mean over the batch's
+impressions of the joint negative log-likelihood of each impression's labels under the factorisation
+p(click) prod_t p(t | click) (plus the watch regression): the conditional sums are divided by B, the rows.
+Dividing them by |C| instead (a mean per clicked row, ``clicks``) multiplies the conditional tasks' weight by
+B / |C| = 1 / click share of the batch (~2 on the synthetic samples, 1 / CTR ~ 20-50 on real traffic without
+down-sampling): the few clicked rows, noisy per batch, then dominate the gradients of the shared embeddings
+and experts. On the synthetic generator (click share ~0.45) the two give the same held-out metrics within
+noise (docs/ranking.md); the choice is made for the real click shares.
 
 **Conditional tasks.** like / collect / share / comment / watch happen only after a click, so their towers
 model p(t | click) on the clicked rows (masked), and serving uses p(t) = p(click) p(t | click). This is the
@@ -44,14 +53,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp_min(1.0)
 
 
-def task_losses(out: torch.Tensor, labels: torch.Tensor, watch_s: torch.Tensor) -> torch.Tensor:
-    """[T] per-task losses (see the module docstring)."""
+def task_losses(out: torch.Tensor, labels: torch.Tensor, watch_s: torch.Tensor,
+                per_impression: bool = True) -> torch.Tensor:
+    """[T] per-task losses (see the module docstring). ``per_impression``: the conditional tasks' sums over the
+    clicked rows are divided by the batch's rows (the joint likelihood per impression); else by its clicked
+    rows (a mean per clicked row)."""
     clicked = labels[:, 0] > 0.5
     losses = [F.binary_cross_entropy_with_logits(out[:, 0], labels[:, 0])]
-    for t in range(1, labels.shape[1]):
-        bce = F.binary_cross_entropy_with_logits(out[:, t], labels[:, t], reduction="none")
-        losses.append(masked_mean(bce, clicked))
-    losses.append(masked_mean((out[:, WATCH] - torch.log1p(watch_s.clamp_min(0.0))) ** 2, clicked))
+    cond = [F.binary_cross_entropy_with_logits(out[:, t], labels[:, t], reduction="none")
+            for t in range(1, labels.shape[1])]
+    cond.append((out[:, WATCH] - torch.log1p(watch_s.clamp_min(0.0))) ** 2)
+    for x in cond:
+        if per_impression:
+            losses.append((x * clicked.to(x.dtype)).sum() / max(int(labels.shape[0]), 1))
+        else:
+            losses.append(masked_mean(x, clicked))
     return torch.stack(losses)
 
 
@@ -60,8 +76,9 @@ def task_weight_vector(weights: dict[str, float]) -> torch.Tensor:
 
 
 def multitask_loss(out: torch.Tensor, labels: torch.Tensor, watch_s: torch.Tensor,
-                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   weights: torch.Tensor | None = None, per_impression: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(total, per-task [T]) with ``weights`` [T] (default 1 each)."""
-    per = task_losses(out, labels, watch_s)
+    per = task_losses(out, labels, watch_s, per_impression)
     w = torch.ones_like(per) if weights is None else weights.to(per.dtype)
     return (w * per).sum(), per.detach()

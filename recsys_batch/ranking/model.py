@@ -21,6 +21,7 @@ from torch import nn
 
 from recsys_batch.config import RANKING_TASKS
 from recsys_batch.ranking.cross import CrossNetV2
+from recsys_batch.ranking.embedding import Embedding
 from recsys_batch.ranking.experts import MMoE, PLE, mlp
 from recsys_batch.ranking.inputs import RankingInputs
 from recsys_batch.training.model import TowerShape, _masked_mean
@@ -115,9 +116,9 @@ class LogisticBaseline(nn.Module):
         self.shape = shape
         n = len(shape.tasks)
         u, i = shape.user, shape.item
-        self.user_id, self.item_id = nn.Embedding(u.id_size, n), nn.Embedding(i.id_size, n)
-        self.seq_item = nn.Embedding(i.id_size, n)
-        self.user_fused, self.item_fused = nn.Embedding(max(u.fused_size, 1), n), nn.Embedding(max(i.fused_size, 1), n)
+        self.user_id, self.item_id = Embedding(u.id_size, n), Embedding(i.id_size, n)
+        self.seq_item = Embedding(i.id_size, n)
+        self.user_fused, self.item_fused = Embedding(max(u.fused_size, 1), n), Embedding(max(i.fused_size, 1), n)
         for t in (self.user_id, self.item_id, self.seq_item, self.user_fused, self.item_fused):
             nn.init.zeros_(t.weight)
         self.u_dense, self.i_dense = nn.Linear(u.n_dense, n, bias=False), nn.Linear(i.n_dense, n)
@@ -161,6 +162,8 @@ def init_output_biases(model: nn.Module, labels: torch.Tensor, watch_s: torch.Te
     prior.append(float(torch.log1p(watch_s[clicked].clamp_min(0)).mean()) if clicked.any() else 0.0)
     if isinstance(model, LogisticBaseline):
         model.i_dense.bias.copy_(torch.tensor(prior))
+    elif hasattr(model, "set_prior"):  # the pre-rank model (click only)
+        model.set_prior(prior)
     else:
         for t, tower in enumerate(model.towers):
             tower[-1].bias.fill_(prior[t])

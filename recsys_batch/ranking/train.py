@@ -13,6 +13,10 @@ under ``torchrun`` runs :func:`recsys_batch.runner.ddp_job_main`):
    (:mod:`recsys_batch.ranking.evaluate`), applies the gate and writes ``models/ranking/dt=D/{checkpoint.pt,
    ranking.pt, feature_spec.json, ranking_meta.json, evaluation.json}`` -- the gate's decision in
    ``evaluation.json``; a refused model is not warm-started from, and publish ships the last accepted one.
+
+With ``ranking.prerank.enabled`` the pre-rank model (:mod:`recsys_batch.ranking.prerank`) is trained after step 3
+on the same rows (distilled from today's model), evaluated beside it in step 4 (click only) and written as
+``prerank_checkpoint.pt``, ``prerank.pt``, ``prerank_meta.json`` in the same folder. It does not enter the gate.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsys_batch.config import Config, RankingConfig
@@ -41,11 +48,12 @@ from recsys_batch.ranking.checkpoint import (
 )
 from recsys_batch.ranking.data import RankingStream, encode_targets, require_ranking_columns
 from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
-from recsys_batch.ranking.export import EVALUATION, export_ranking
+from recsys_batch.ranking.export import EVALUATION, export_prerank, export_ranking
 from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
 from recsys_batch.ranking.model import build, init_output_biases, run, shape_for
+from recsys_batch.ranking.prerank import PRERANK_CHECKPOINT, build_prerank, load_prerank_checkpoint, prerank_loss_fn
 from recsys_batch.training.columns import C
-from recsys_batch.training.data import count_rows, holdout_cutoff, list_units, make_loader, sample_files
+from recsys_batch.training.data import count_rows, cut_scalar, holdout_cutoff, list_units, make_loader, sample_files
 from recsys_batch.training.train import (
     TrainResult, _global_sum, _NullCtx, _progress, dist_info, fresh_epochs, seed_everything, spec_for_samples,
 )
@@ -65,11 +73,16 @@ class RankingTrainResult(TrainResult):
 
 def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                   on_step: Callable[[int, int, float, float], None] | None = None, fresh: bool = False,
-                  learning_rate: float | None = None) -> RankingTrainResult:
+                  learning_rate: float | None = None,
+                  loss_fn: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+                  on_epoch: Callable[[int], bool] | None = None) -> RankingTrainResult:
     """``rc.epochs`` passes over ``stream`` (or ``rc.max_steps`` steps) of the masked multi-task loss; works in
     one process and under DDP (process group initialised: gradients averaged, ``join()`` for uneven inputs).
     ``fresh``: set the output biases to the task priors of the stream's first row group
-    (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows."""
+    (:func:`init_output_biases`; the same row group on every rank, before DDP). ``positives`` counts clicked rows.
+    ``loss_fn(net, batch)``: the loss (default: the masked multi-task loss; the pre-rank model's is
+    :func:`recsys_batch.ranking.prerank.prerank_loss_fn`). ``on_epoch(epoch)`` after each epoch (every rank, the
+    model in train mode): True stops (:class:`EarlyStopping`)."""
     rank, world = dist_info()
     ddp = world > 1
     if fresh and stream.units:  # before DDP: every rank reads the same first row group, so the same priors
@@ -89,8 +102,11 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
         stream.set_epoch(epoch)
         with net.join() if ddp else _NullCtx():
             for batch in make_loader(stream, rc.num_workers):
-                loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
-                                         weights)
+                if loss_fn is None:
+                    loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
+                                             weights, rc.conditional_loss == "impressions")
+                else:
+                    loss = loss_fn(net, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -109,9 +125,71 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                     break
         if done:
             break
+        if on_epoch is not None and on_epoch(epoch):
+            break
     res.seconds = time.perf_counter() - t0
     model.eval()
     return res
+
+
+def validation_rows(files: list[str], lo: datetime, hi: datetime, max_rows: int) -> pa.Table | None:
+    """Rows with lo <= ts < hi (at most ``max_rows``, the first ones by ts), or None without any."""
+    f0 = resolve(files[0])
+    ds = pads.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=f0[0])
+    typ = ds.schema.field(C.TS).type
+    t = ds.to_table(filter=(pads.field(C.TS) >= cut_scalar(lo, typ)) & (pads.field(C.TS) < cut_scalar(hi, typ)))
+    if t.num_rows == 0:
+        return None
+    return t.sort_by([(C.TS, "ascending")]).slice(0, max_rows)
+
+
+class EarlyStopping:
+    """Early stopping of a fresh model's repeated epochs (``ranking.fresh_validation_hours``): after each epoch the
+    training loss (the same multi-task loss, eval mode) on the validation rows -- the last hours before the
+    holdout cut, not trained on; the gate's held-out rows stay untouched -- ; stop after
+    ``fresh_patience_epochs`` epochs without improvement and :meth:`restore` the best epoch's weights.
+
+    Why: repeating one day's rows (the first pass's ``fresh_min_steps`` 200 = 12 passes over the synthetic day)
+    memorises per-id labels -- held-out log loss of the conditional tasks rose to ~1.0 against 0.55 for the LR
+    baseline, and the warm-started next day inherited it. Off by default: on the synthetic generator the total
+    loss turns up after ~3 passes while click still improves (docs/ranking.md). Every rank computes the same loss on the same rows, so
+    the decision is identical under DDP. Cost: one forward over the validation rows per epoch."""
+
+    def __init__(self, model: nn.Module, rows: pa.Table, ul, il, rc: RankingConfig):  # noqa: ANN001
+        self.model, self.rc = model, rc
+        self.u = {k: torch.from_numpy(v) for k, v in ul.encode(rows).items()}
+        self.i = {k: torch.from_numpy(v) for k, v in il.encode(rows).items()}
+        self.tg = encode_targets(rows)
+        self.weights = task_weight_vector(rc.task_weights)
+        self.losses: list[float] = []
+        self.best: tuple[float, int, dict] | None = None
+
+    @torch.no_grad()
+    def loss(self) -> float:
+        was = self.model.training
+        self.model.eval()
+        out = torch.cat([run(self.model, {k: v[s:s + 8192] for k, v in self.u.items()},
+                             {k: v[s:s + 8192] for k, v in self.i.items()})
+                         for s in range(0, len(self.tg["watch"]), 8192)])
+        self.model.train(was)
+        if out.shape[1] == 1:  # click-only models
+            return float(F.binary_cross_entropy_with_logits(out[:, 0], self.tg["labels"][:, 0]))
+        return float(multitask_loss(out, self.tg["labels"], self.tg["watch"], self.weights,
+                                    self.rc.conditional_loss == "impressions")[0])
+
+    def __call__(self, epoch: int) -> bool:
+        v = self.loss()
+        self.losses.append(v)
+        if self.best is None or v < self.best[0]:
+            self.best = (v, epoch, {k: t.detach().clone() for k, t in self.model.state_dict().items()})
+        return epoch - self.best[1] >= self.rc.fresh_patience_epochs
+
+    def restore(self, where: str) -> None:
+        if self.best is None:
+            return
+        self.model.load_state_dict(self.best[2])
+        log.info("%s: early stopping kept epoch %d of %d (validation loss per epoch %s)", where, self.best[1] + 1,
+                 len(self.losses), [round(x, 4) for x in self.losses])
 
 
 def day_alpha(files: list[str]) -> float:
@@ -154,21 +232,33 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
         log.warning("train_ranking %s: no earlier ranking checkpoint%s: starting fresh", run_date,
                     "" if rc.warm_start else " (ranking.warm_start is false)")
     cutoff = holdout_cutoff(run_date, rc.holdout_hours)
+    train_cut, val = cutoff, None
     if prev is None and rc.fresh_min_steps:
         n = fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"), rc, world)
+        if n > 1 and rc.fresh_validation_hours > 0:  # repeated epochs: early stopping on the last hours before the cut
+            end = cutoff or holdout_cutoff(run_date + timedelta(days=1), 24.0)
+            train_cut = end - timedelta(hours=rc.fresh_validation_hours)
+            val = validation_rows(files, train_cut, end, rc.eval_max_rows)
+            if val is None:
+                train_cut = cutoff
+            else:
+                n = fresh_epochs(count_rows(files, train_cut, "train"), rc, world)
         if n != rc.epochs:
-            log.info("train_ranking %s: no checkpoint: %d epochs (ranking.fresh_min_steps %d)", run_date, n,
-                     rc.fresh_min_steps)
+            log.info("train_ranking %s: no checkpoint: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date, n,
+                     rc.fresh_min_steps, f", early stopping on {val.num_rows:,} rows after {train_cut}" if val else "")
             rc = rc.model_copy(update={"epochs": n})
     units = list_units(files)
 
     def stream() -> RankingStream:
         return RankingStream(files, ul, il, rc.batch_size, rc.seed, rank, world, rc.shuffle_row_groups,
-                             cutoff=cutoff, part="train" if cutoff else "all", units=units)
+                             cutoff=train_cut, part="train" if train_cut else "all", units=units)
 
     on_step, bar = _progress(rc, sum(u.rows for u in units), rank)
     try:
-        res = train_ranking(model, stream(), rc, on_step, fresh=prev is None)
+        stopper = EarlyStopping(model, val, ul, il, rc) if val is not None else None
+        res = train_ranking(model, stream(), rc, on_step, fresh=prev is None, on_epoch=stopper)
+        if stopper is not None:
+            stopper.restore(f"train_ranking {run_date}")
     finally:
         if bar is not None:
             bar.close()
@@ -179,10 +269,15 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     if rc.baseline:
         seed_everything(rc.seed + 1)
         lr = build(shape_for(ul, il, rc, kind="lr"))
-        base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate)
+        stop_lr = EarlyStopping(lr, val, ul, il, rc) if val is not None else None
+        base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate, on_epoch=stop_lr)
+        if stop_lr is not None:
+            stop_lr.restore(f"train_ranking {run_date} (baseline)")
         log.info("train_ranking %s: logistic-regression baseline, %d steps, final loss %.4f", run_date, base.steps,
                  base.final_loss or float("nan"))
         models["lr"] = (lr, ul, il)
+    if rc.prerank.enabled:
+        models["prerank"] = (_train_prerank(rc, run_date, stream, ul, il, model, prev, files, cutoff, world), ul, il)
     res.warm_start_from = prev[1] if prev else None
     res.warm_start_rows = ws
     version = f"ranking-{run_date.isoformat()}-{cfg.config_hash()}"
@@ -217,12 +312,47 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
                              "gate": gate["decision"]})
     res.exports = export_ranking(model, ul, il, spec, alpha, rc.fusion_weights, out,
                                  {"model_version": version, "run_date": run_date.isoformat()})
+    if "prerank" in models:
+        pre = models["prerank"][0]
+        save_ranking_checkpoint(f"{out}/{PRERANK_CHECKPOINT}", pre, spec, ul, il,
+                                {"run_date": run_date.isoformat(), "model_version": version, "alpha": alpha})
+        res.exports.update(export_prerank(pre, alpha, out, {"model_version": version,
+                                                            "run_date": run_date.isoformat()}))
     fs.write_atomic(f"{out}/{EVALUATION}", json.dumps(finite(evaluation), indent=1, default=str))
     res.exports["evaluation"] = f"{out}/{EVALUATION}"
     res.gate, res.holdout_rows = gate["decision"], n_eval
     res.table = format_table(metrics) if metrics else "(no held-out rows)"
     res.output_rows = {"ranking_holdout_rows": n_eval}
     return res
+
+
+def _train_prerank(rc: RankingConfig, run_date: date, stream: Callable[[], RankingStream], ul, il,  # noqa: ANN001
+                   teacher: nn.Module, prev: tuple[date, str] | None, files: list[str], cutoff: Any, world: int
+                   ) -> nn.Module:
+    """The pre-rank model of D (:mod:`recsys_batch.ranking.prerank`): warm-started from the pre-rank checkpoint
+    beside the ranking checkpoint warm-started from (when there is one), else fresh with whole epochs up to
+    ``fresh_min_steps``; one pass of (distilled) click BCE over the same rows, the trained ranking model as
+    teacher."""
+    pc = rc.prerank
+    seed_everything(rc.seed + 2)
+    pre = build_prerank(ul, il, pc, rc.dropout)
+    old_path = f"{prev[1].rsplit('/', 1)[0]}/{PRERANK_CHECKPOINT}" if prev is not None else None
+    prc = rc
+    if old_path is not None and fs.is_file(old_path):
+        ws = warm_start_ranking(pre, load_prerank_checkpoint(old_path), ul, il)
+        log.info("train_ranking %s: pre-rank warm start from %s (%s)", run_date, old_path, ws)
+        fresh = False
+    else:
+        fresh = True
+        if rc.fresh_min_steps:
+            prc = rc.model_copy(update={"epochs": fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"),
+                                                               rc, world)})
+    teacher.eval()
+    r = train_ranking(pre, stream(), prc, fresh=fresh, learning_rate=pc.learning_rate,
+                      loss_fn=prerank_loss_fn(teacher if pc.distill_weight > 0 else None, pc.distill_weight))
+    log.info("train_ranking %s: pre-rank model, %d steps (%.1fs, distill weight %g), final loss %.4f", run_date,
+             r.steps, r.seconds, pc.distill_weight, r.final_loss or float("nan"))
+    return pre
 
 
 def finite(o: Any) -> Any:
