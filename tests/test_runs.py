@@ -221,9 +221,11 @@ def test_old_single_row_records_still_read(make_cfg):
 def test_downstream_closure_and_lineage():
     from recsys_batch.pipeline import lineage, with_downstream
 
-    assert with_downstream(["itemcf"]) == ["itemcf", "recall", "evaluate", "publish"]
-    assert with_downstream(["features"]) == ["features", "samples", "train", "train_ranking", "index", "evaluate",
-                                             "publish"]
+    assert with_downstream(["itemcf"]) == ["itemcf", "recall", "merge", "evaluate", "report", "publish"]
+    assert with_downstream(["features"]) == ["features", "samples", "train", "train_ranking", "index", "merge",
+                                             "evaluate", "report", "publish"]
+    assert with_downstream(["matrix"])[:6] == ["matrix", "itemcf", "swing", "usercf", "features", "samples"]
+    assert {"recall_rules", "latent", "merge"} <= set(with_downstream(["matrix"]))
     assert lineage("samples") == (("check_input", 0), ("check_input", -1), ("ingest", 0), ("ingest", -1),
                                   ("matrix", 0), ("matrix", -1), ("features", 0), ("features", -1))
 
