@@ -23,6 +23,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _measure import MeasuredStreamMixin, cpu_seconds, status_mb
 
 from recsys_batch.config import RankingConfig
 from recsys_batch.ranking.data import RankingStream
@@ -35,30 +36,8 @@ from recsys_batch.training.synthetic import World, make_spec, write_shards
 from recsys_batch.training.train import seed_everything
 
 
-def _cpu() -> float:
-    import resource
-
-    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
-
-
-def _status_mb(key: str) -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-class _MeasuredStream(RankingStream):
-    report: str = ""
-
-    def __iter__(self):  # noqa: ANN204
-        start = _status_mb("VmRSS")
-        yield from super().__iter__()
-        Path(self.report).write_text(f"{start} {_status_mb('VmHWM')}")
+class _MeasuredStream(MeasuredStreamMixin, RankingStream):
+    pass
 
 
 def _write_samples(a: argparse.Namespace, tmp: str) -> tuple[list[str], int, list[str]]:
@@ -98,9 +77,9 @@ def main() -> None:
         n_params = sum(p.numel() for p in model.parameters())
         stream = _MeasuredStream(files, ul, il, rc.batch_size, rc.seed, units=list_units(files))
         stream.report = f"{tmp}/loader_rss"
-        r0, m0 = _cpu(), _status_mb("VmRSS")
+        r0, m0 = cpu_seconds(), status_mb("VmRSS")
         res = train_ranking(model, stream, rc, fresh=True)
-        cpu, m1, peak = _cpu() - r0, _status_mb("VmRSS"), _status_mb("VmHWM")
+        cpu, m1, peak = cpu_seconds() - r0, status_mb("VmRSS"), status_mb("VmHWM")
         rep = Path(stream.report)
         w0, w1 = (float(x) for x in rep.read_text().split()) if rep.exists() else (float("nan"),) * 2
     print(f"{'setting':<36}{'value':>16}")

@@ -25,6 +25,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _measure import MeasuredStreamMixin, cpu_seconds, status_mb
 
 from recsys_batch.config import TrainConfig
 from recsys_batch.training.data import SampleStream, list_units
@@ -32,34 +33,8 @@ from recsys_batch.training.synthetic import World, make_samples, make_spec, writ
 from recsys_batch.training.train import build_model, seed_everything, train
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its finished children (the DataLoader workers)."""
-    import resource
-
-    me, ch = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
-
-
-def _status_mb(key: str) -> float:
-    """A /proc/self/status memory figure (VmRSS now, VmHWM peak) in MiB (Linux)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-class _MeasuredStream(SampleStream):
-    """The stream, noting the reading process's RSS when it starts and its peak RSS when it ends."""
-
-    report: str = ""
-
-    def __iter__(self):  # noqa: ANN204
-        start = _status_mb("VmRSS")
-        yield from super().__iter__()
-        Path(self.report).write_text(f"{start} {_status_mb('VmHWM')}")
+class _MeasuredStream(MeasuredStreamMixin, SampleStream):
+    pass
 
 
 def _write_samples(a: argparse.Namespace, tmp: str) -> tuple[list[str], int, list[str]]:
@@ -98,9 +73,9 @@ def main() -> None:
         n_params = sum(p.numel() for p in model.parameters())
         stream = _MeasuredStream(files, ul, il, tc.batch_size, tc.seed, units=list_units(files))
         stream.report = f"{tmp}/loader_rss"
-        r0, m0 = _cpu(), _status_mb("VmRSS")
+        r0, m0 = cpu_seconds(), status_mb("VmRSS")
         res = train(model, stream, tc)
-        cpu, m1 = _cpu() - r0, _status_mb("VmRSS")
+        cpu, m1 = cpu_seconds() - r0, status_mb("VmRSS")
         w0, w1 = (float(x) for x in Path(stream.report).read_text().split())
     print(f"{'setting':<34}{'value':>14}")
     for k, v in [("threads / loader workers", f"{a.threads} / {a.workers}"), ("batch size (rows)", f"{tc.batch_size:,}"),

@@ -31,7 +31,6 @@ Cost per row O(d (F k + L)) for the towers (once per user / item in serving), O(
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -275,12 +274,6 @@ def prerank_loss_fn(teacher: nn.Module | None, weight: float):  # noqa: ANN201
 def load_prerank_checkpoint(path: str) -> dict[str, Any]:
     """{"model", "shape", "spec", "layouts", "extra", "state_dict"} of a pre-rank checkpoint (weights_only load;
     the value-match lookups are rebuilt from today's layouts, not stored)."""
-    from recsys_batch.training.checkpoint import read_raw_checkpoint
+    from recsys_batch.training.checkpoint import load_model_checkpoint
 
-    raw = read_raw_checkpoint(path)
-    shape = PrerankShape.from_dict(json.loads(raw["shape"]))
-    model = PrerankModel(shape)
-    model.load_state_dict(raw["state_dict"])
-    model.eval()
-    return {"model": model, "shape": shape, "spec": json.loads(raw["spec"]), "layouts": json.loads(raw["layouts"]),
-            "extra": json.loads(raw["extra"]), "state_dict": raw["state_dict"]}
+    return load_model_checkpoint(path, PrerankShape, PrerankModel)

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys_batch.training.columns import C
-from recsys_batch.training.synthetic import World, _item_cols, _user_cols, make_spec, write_shards
+from recsys_batch.training.synthetic import World, make_spec, with_feature_columns, write_shards
 
 
 def _sig(x: np.ndarray) -> np.ndarray:
@@ -96,14 +96,7 @@ def make_ranking_samples(w: World, run_date: date, impressions_per_user: float =
         C.FEATURES_DT: pa.array([features_dt or (run_date - timedelta(days=1)).isoformat()] * len(idx)),
     }
     t = pa.table(cols)
-    for k, v in _user_cols(w, uu).items():
-        t = t.append_column(f"u_{k}", v)
-    for k, v in _item_cols(w, ii).items():
-        t = t.append_column(f"i_{k}", v)
-    for side in ("u", "i"):
-        for k in range(extra_numeric):
-            t = t.append_column(f"{side}_x{k}", pa.array(rng.random(t.num_rows)))
-    return t
+    return with_feature_columns(t, w, uu, ii, extra_numeric, rng)
 
 
 def build_ranking_warehouse(cfg, w: World, days: list[date], impressions_per_user: float = 20.0,  # noqa: ANN001

@@ -13,10 +13,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 import torch
+from torch import nn
 
 from recsys_batch.config import WarehouseConfig
 from recsys_batch.io import fs
@@ -36,10 +38,10 @@ def model_dir(wh: WarehouseConfig, run_date: date) -> str:
     return f"{models_root(wh)}/{C.DT}={run_date.isoformat()}"
 
 
-def previous_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[date, str] | None:
-    """(date, path) of the newest checkpoint with dt < run_date, or None. One list call + one stat per
-    candidate folder, newest first."""
-    root = models_root(wh)
+def newest_before(root: str, run_date: date, filename: str = CHECKPOINT,
+                  accept: Callable[[str], bool] | None = None) -> tuple[date, str] | None:
+    """(date, path) of the newest ``<root>/dt=X/<filename>`` with X < run_date whose folder ``accept`` takes
+    (default: any), or None. One list call + one stat per candidate folder, newest first."""
     found = []
     for name in fs.listdir(root, only="dirs"):
         if not name.startswith(f"{C.DT}="):
@@ -49,11 +51,16 @@ def previous_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[date, str]
         except ValueError:
             continue
         if dd < run_date:
-            found.append((dd, fs.join(root, name, CHECKPOINT)))
+            found.append((dd, fs.join(root, name, filename)))
     for dd, path in sorted(found, reverse=True):
-        if fs.is_file(path):
+        if fs.is_file(path) and (accept is None or accept(path.rsplit("/", 1)[0])):
             return dd, path
     return None
+
+
+def previous_checkpoint(wh: WarehouseConfig, run_date: date) -> tuple[date, str] | None:
+    """(date, path) of the newest two-tower checkpoint with dt < run_date, or None."""
+    return newest_before(models_root(wh), run_date)
 
 
 def layout_meta(layout: TowerLayout) -> dict[str, Any]:
@@ -61,9 +68,10 @@ def layout_meta(layout: TowerLayout) -> dict[str, Any]:
             "blocks": [list(b) for b in layout.blocks()]}
 
 
-def save_checkpoint(path: str, model: TwoTower, spec: dict, user_layout: TowerLayout, item_layout: TowerLayout,
+def save_checkpoint(path: str, model: nn.Module, spec: dict, user_layout: TowerLayout, item_layout: TowerLayout,
                     extra: dict[str, Any]) -> None:
-    """``torch.save`` into memory, then one atomic write of ``path`` (local, HDFS or object store)."""
+    """``torch.save`` into memory, then one atomic write of ``path`` (local, HDFS or object store). ``model``:
+    any of the project's models with a ``shape`` (``to_dict``) -- the two-tower, the ranking and pre-rank models."""
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "shape": json.dumps(model.shape.to_dict()),
@@ -84,15 +92,22 @@ def read_raw_checkpoint(path: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """{"model": TwoTower, "spec", "layouts", "extra", "state_dict"} (weights_only load)."""
+def load_model_checkpoint(path: str, shape_type: Any, build: Callable[[Any], nn.Module]) -> dict[str, Any]:
+    """{"model", "shape", "spec", "layouts", "extra", "state_dict"} of a checkpoint written by
+    :func:`save_checkpoint` (weights_only load): ``shape_type.from_dict`` of the stored shape, ``build(shape)``
+    with the stored weights, in eval mode."""
     raw = read_raw_checkpoint(path)
-    shape = ModelShape.from_dict(json.loads(raw["shape"]))
-    model = TwoTower(shape)
+    shape = shape_type.from_dict(json.loads(raw["shape"]))
+    model = build(shape)
     model.load_state_dict(raw["state_dict"])
     model.eval()
-    return {"model": model, "spec": json.loads(raw["spec"]), "layouts": json.loads(raw["layouts"]),
+    return {"model": model, "shape": shape, "spec": json.loads(raw["spec"]), "layouts": json.loads(raw["layouts"]),
             "extra": json.loads(raw["extra"]), "state_dict": raw["state_dict"]}
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """{"model": TwoTower, "shape", "spec", "layouts", "extra", "state_dict"} (weights_only load)."""
+    return load_model_checkpoint(path, ModelShape, TwoTower)
 
 
 def _remap(old: torch.Tensor, new: torch.Tensor, old_vocab: list[str] | None, new_vocab: list[str] | None,
@@ -141,30 +156,44 @@ def warm_start(model: TwoTower, old: dict[str, Any], user_layout: TowerLayout, i
             k, n = _remap(w_old, tower.id_table.weight, lo["id_vocab"], lay.id_feature.vocab, lo["id_oov"],
                           lay.id_feature.num_oov)
             stats[f"{side}.id"] = {"kept": k, "new": n}
-            f_old = sd_old[f"{side}_tower.fused.weight"]
-            blocks_old = {b[0]: b for b in lo["blocks"]}
-            kept = 0
-            for name, off, size, kind, vocab in lay.blocks():
-                b = blocks_old.get(name)
-                if b is None or b[3] != kind:
-                    continue
-                _, o_off, o_size, _, o_vocab = b
-                o_oov = o_size - 1 - len(o_vocab) if o_vocab is not None else 0
-                n_oov = size - 1 - len(vocab) if vocab is not None else 0
-                kk, _ = _remap(f_old[o_off:o_off + o_size], tower.fused.weight[off:off + size], o_vocab, vocab, o_oov, n_oov)
-                kept += kk
+            kept = remap_blocks(sd_old[f"{side}_tower.fused.weight"], tower.fused.weight, lo["blocks"], lay)
             stats[f"{side}.features"] = {"kept": kept, "new": tower.fused.weight.shape[0] - kept}
         own = model.state_dict()
-        copied, skipped = 0, []
-        for name, t in sd_old.items():
-            if ".id_table." in name or ".fused." in name or ".seq_table." in name or name not in own:
-                continue
-            if own[name].shape == t.shape:
-                own[name].copy_(t)
-                copied += 1
-            else:
-                skipped.append(name)
-        if skipped:
-            log.info("warm start: %d dense parameters changed shape, initialised fresh: %s", len(skipped), skipped)
-        stats["dense"] = {"kept": copied, "new": len(skipped)}
+        tables = {n for n in sd_old if ".id_table." in n or ".fused." in n or ".seq_table." in n}
+        stats["dense"] = copy_dense(own, sd_old, tables, "warm start")
     return stats
+
+
+def remap_blocks(old_w: torch.Tensor, new_w: torch.Tensor, old_blocks: list, layout: TowerLayout) -> int:
+    """Copy the rows of a fused feature table block by block (feature name and kind unchanged), each block's
+    rows by value (:func:`_remap`); returns the rows kept. ``old_blocks``: :func:`layout_meta`'s "blocks"."""
+    by_name = {b[0]: b for b in old_blocks}
+    kept = 0
+    for name, off, size, kind, vocab in layout.blocks():
+        b = by_name.get(name)
+        if b is None or b[3] != kind:
+            continue
+        _, o_off, o_size, _, o_vocab = b
+        o_oov = o_size - 1 - len(o_vocab) if o_vocab is not None else 0
+        n_oov = size - 1 - len(vocab) if vocab is not None else 0
+        kk, _ = _remap(old_w[o_off:o_off + o_size], new_w[off:off + size], o_vocab, vocab, o_oov, n_oov)
+        kept += kk
+    return kept
+
+
+def copy_dense(own: dict[str, torch.Tensor], sd_old: dict[str, torch.Tensor], skip: set[str], what: str
+               ) -> dict[str, int]:
+    """Copy every old parameter not in ``skip`` whose shape is unchanged into ``own`` (a state dict, in place);
+    the others keep their fresh values and are logged. Returns {kept, new}."""
+    copied, changed = 0, []
+    for name, t in sd_old.items():
+        if name in skip or name not in own:
+            continue
+        if own[name].shape == t.shape:
+            own[name].copy_(t)
+            copied += 1
+        else:
+            changed.append(name)
+    if changed:
+        log.info("%s: %d dense parameters changed shape, initialised fresh: %s", what, len(changed), changed[:10])
+    return {"kept": copied, "new": len(changed)}

@@ -192,6 +192,13 @@ def make_samples(w: World, run_date: date, positives_per_user: float = 3.0, nega
         hist.append(int(i))
     uu, ii = np.asarray(rows.pop("_u"), np.int64), np.asarray(rows.pop("_i"), np.int64)
     t = pa.table({c: pa.array(rows[c], typ) for c, typ in RECALL_SAMPLE_COLUMNS.items()})
+    return with_feature_columns(t, w, uu, ii, extra_numeric, rng)
+
+
+def with_feature_columns(t: pa.Table, w: World, uu: np.ndarray, ii: np.ndarray, extra_numeric: int,
+                         rng: np.random.Generator) -> pa.Table:
+    """``t`` plus the user (``u_*``) and item (``i_*``) feature columns of row ``r``'s user ``uu[r]`` and item
+    ``ii[r]``, then ``extra_numeric`` uniform noise columns per side (``u_x0``..., ``i_x0``...)."""
     for k, v in _user_cols(w, uu).items():
         t = t.append_column(f"u_{k}", v)
     for k, v in _item_cols(w, ii).items():
