@@ -28,7 +28,7 @@ from _measure import MeasuredStreamMixin, cpu_seconds, status_mb
 from recsys_batch.config import RankingConfig
 from recsys_batch.ranking.data import RankingStream
 from recsys_batch.ranking.evaluate import layouts_for_spec
-from recsys_batch.ranking.model import build, shape_for
+from recsys_batch.ranking.model import build_for
 from recsys_batch.ranking.synthetic import make_ranking_samples
 from recsys_batch.ranking.train import train_ranking
 from recsys_batch.training.data import list_units
@@ -73,7 +73,7 @@ def main() -> None:
                            max_steps=a.max_steps)
         seed_everything(rc.seed)
         ul, il = layouts_for_spec(spec, columns, rc)
-        model = build(shape_for(ul, il, rc), rc.dropout)
+        model = build_for(ul, il, rc, dropout=rc.dropout)
         n_params = sum(p.numel() for p in model.parameters())
         stream = _MeasuredStream(files, ul, il, rc.batch_size, rc.seed, units=list_units(files))
         stream.report = f"{tmp}/loader_rss"

@@ -112,7 +112,7 @@ def movielens(a: argparse.Namespace) -> None:
     from recsys_batch.features.spec import load_spec
     from recsys_batch.ranking.data import RankingStream
     from recsys_batch.ranking.evaluate import evaluate_models, layouts_for_spec
-    from recsys_batch.ranking.model import build, shape_for
+    from recsys_batch.ranking.model import build_for
     from recsys_batch.ranking.train import train_ranking
     from recsys_batch.training.data import list_units
     from recsys_batch.training.synthetic import write_shards
@@ -140,7 +140,7 @@ def movielens(a: argparse.Namespace) -> None:
           f"{len(set(test_t.column(C.USER).to_pylist()))} users; {len(drop)} windowed features left out; "
           f"inputs user {ul.columns()} item {il.columns()}", flush=True)
     seed_everything(rc.seed)
-    models = {"new": build(shape_for(ul, il, rc), rc.dropout), "lr": build(shape_for(ul, il, rc, kind="lr"))}
+    models = {"new": build_for(ul, il, rc, dropout=rc.dropout), "lr": build_for(ul, il, rc, kind="lr")}
     lrs = {"new": rc.learning_rate, "lr": rc.baseline_learning_rate}
     units = list_units(files)
     steps = 0

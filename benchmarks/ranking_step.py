@@ -18,7 +18,7 @@ from recsys_batch.config import RankingConfig
 from recsys_batch.ranking.data import encode_targets
 from recsys_batch.ranking.evaluate import layouts_for_spec
 from recsys_batch.ranking.loss import multitask_loss
-from recsys_batch.ranking.model import build, run, shape_for
+from recsys_batch.ranking.model import build_for, run
 from recsys_batch.ranking.synthetic import make_ranking_samples
 from recsys_batch.training.synthetic import World, make_spec
 
@@ -50,7 +50,7 @@ for v in variants:
     rc = RankingConfig(**v)
     ul, il = layouts_for_spec(spec, t.column_names, rc)
     torch.manual_seed(0)
-    model = build(shape_for(ul, il, rc), rc.dropout)
+    model = build_for(ul, il, rc, dropout=rc.dropout)
     part = t.slice(0, 2048)
     u = {k: torch.from_numpy(x) for k, x in ul.encode(part).items()}
     i = {k: torch.from_numpy(x) for k, x in il.encode(part).items()}

@@ -750,6 +750,9 @@ class RankingConfig(_Model):
     cross_rank: int | None = Field(32, ge=1)
     #: hidden layers of DIN's attention MLP on [q, k, q - k, q * k]
     din_hidden_dims: list[int] = Field(default_factory=lambda: [32])
+    seq_cross: bool = True       # x0 += [seq_hit, seq_mean, seq_max, seq_any]: candidate x last-N overlap
+    #: x0 += one value match per (user feature, item feature) pair present in the spec (1 = shared value)
+    match_pairs: list[tuple[str, str]] = Field(default_factory=lambda: [("u_top_categories", "i_category")])
     #: mmoe (Ma et al. 2018) | ple (Tang et al. 2020, progressive layered extraction)
     multitask: Literal["mmoe", "ple"] = "mmoe"
     #: mmoe: experts shared by every task (each an MLP with expert_dims)

@@ -220,7 +220,8 @@ def test_masked_multitask_loss_matches_hand_computed_values():
         (_sp(0.0) + _sp(1.0)) / 2,                # collect | click
         (_sp(0.0) + _sp(0.0)) / 2,                # share | click
         (_sp(0.0) + _sp(0.0)) / 2,                # comment | click
-        ((2.0 - 1.0) ** 2 + (1.0 - 0.0) ** 2) / 2,  # watch: (pred - log1p s)^2 on clicked rows
+        # watch: (pred - y)^2 / (2 s^2) on clicked rows, y = log1p s = 1, 0: s^2 = population variance = 1/4
+        ((2.0 - 1.0) ** 2 + (1.0 - 0.0) ** 2) / (2 * 0.25) / 2,
     ]
     assert task_losses(out, labels, watch, per_impression=False).tolist() == pytest.approx(per_click, abs=1e-6)
     # per impression (the default, the joint likelihood): the same sums / 3 rows
@@ -430,6 +431,41 @@ def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_d
     probs = task_probabilities(raw, 0.5)
     want = torch.cat([probs, fuse(probs, fusion_vector(cfg.ranking.fusion_weights)).unsqueeze(1)], 1)
     assert got.shape == (5, 7) and np.allclose(got, want.numpy(), atol=1e-5)
+    # the value match u_top_categories x i_category: the checkpoint carries the lookup of its own layout (a warm
+    # start rebuilt it for d2's vocabularies), and x0's last column is 1 exactly when the category is a top one
+    from recsys_batch.ranking.inputs import resolve_pairs, value_matches
+
+    m = ck["model"]
+    assert m.shape.pairs and ck["shape"].seq_cross
+    assert torch.equal(m.inputs.pair_lookup, torch.from_numpy(np.stack(resolve_pairs(ul, il, cfg.ranking.match_pairs)[1])))
+    u = {k: torch.from_numpy(v) for k, v in ul.encode(t).items()}
+    i = {k: torch.from_numpy(v) for k, v in il.encode(t).items()}
+    x = value_matches(m.inputs.pair_lookup, m.inputs.pair_user_list, m.inputs.pair_user_idx, m.inputs.pair_item_list,
+                      m.inputs.pair_item_idx, u["cat"], u["lists"], i["cat"], i["lists"])
+    want = [float(c in (tc or [])) for c, tc in zip(t["i_category"].to_pylist(), t["u_top_categories"].to_pylist(),
+                                                    strict=True)]
+    assert x[:, 0].tolist() == want and 0 < sum(want) < len(want)
+
+
+def test_seq_overlap_and_value_matches_on_hand_computed_cases():
+    from recsys_batch.ranking.inputs import seq_overlap, value_matches
+
+    # two rows; ids embedded as e(1) = [1, 0], e(2) = [0, 1], e(3) = [1, 1]; row 1 has no history
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    seq = torch.tensor([[1, 2, 0], [0, 0, 0]])
+    cand = torch.tensor([2, 3])
+    x = seq_overlap(emb[cand], emb[seq], seq, cand)
+    # row 0: candidate 2 in [1, 2] -> hit 1; dots <e2, e1> = 0, <e2, e2> = 1 -> mean .5, max 1; has history
+    assert x.tolist() == [[1.0, 0.5, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    # one pair: user list slot 0 (fused rows 5, 6 = its values "a", "b"), item categorical slot 1 whose fused
+    # rows 10, 11 hold "b", "c": the lookup maps item row 10 -> user row 6 ("b"), row 11 -> 0 ("c" unknown)
+    lookup = torch.zeros((1, 12), dtype=torch.long)
+    lookup[0, 10] = 6
+    u_lists = torch.tensor([[[5, 6]], [[5, 0]], [[0, 0]]])          # [B, 1 list, 2 values]
+    i_cat = torch.tensor([[0, 10], [0, 10], [0, 11]])              # slot 1: b, b, c
+    got = value_matches(lookup, [True], [0], [False], [1], torch.zeros((3, 0), dtype=torch.long), u_lists, i_cat,
+                        torch.zeros((3, 0, 0), dtype=torch.long))
+    assert got[:, 0].tolist() == [1.0, 0.0, 0.0]  # {a, b} has b; {a} has not; c has no user row (padding never matches)
 
 
 def test_prerank_is_trained_warm_started_evaluated_and_exported_by_the_stage(two_days):
@@ -503,7 +539,7 @@ def test_gate_refuses_below_the_baseline_or_yesterday_and_publish_keeps_the_last
     cfg0, _, d1, d2, _, _ = two_days
     root = tmp_path / "wh"
     shutil.copytree(cfg0.warehouse.root, root, ignore=shutil.ignore_patterns("dt=2026-01-02"))
-    cfg = _cfg(root, "ranking.gate_baseline_margin=1.0")
+    cfg = _cfg(root, "ranking.gate_baseline_margin=1.0", "ranking.gate_tolerance=1.0")  # only the baseline check fails
     d3 = date(2026, 1, 3)
     from recsys_batch.ranking.synthetic import build_ranking_warehouse
     from recsys_batch.training.synthetic import World

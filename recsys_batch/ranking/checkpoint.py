@@ -86,5 +86,6 @@ def warm_start_ranking(model: nn.Module, old: dict[str, Any], user_layout: Tower
                 continue
             kept = remap_blocks(old_w, new_w, meta["blocks"], lay)
             stats[name] = {"kept": kept, "new": new_w.shape[0] - kept}
+        done.add("inputs.pair_lookup")  # value-match lookup: built for today's layout (build_for), never copied
         stats["dense"] = copy_dense(own, sd_old, done, "ranking warm start")
     return stats

@@ -23,7 +23,7 @@ from recsys_batch.config import RANKING_TASKS
 from recsys_batch.ranking.cross import CrossNetV2
 from recsys_batch.ranking.embedding import Embedding
 from recsys_batch.ranking.experts import MMoE, PLE, mlp
-from recsys_batch.ranking.inputs import RankingInputs
+from recsys_batch.ranking.inputs import RankingInputs, resolve_pairs
 from recsys_batch.training.model import TowerShape, _masked_mean
 
 TASKS = RANKING_TASKS
@@ -50,6 +50,9 @@ class RankingShape:
     ple_levels: int = 1
     tower_dims: tuple[int, ...] = (32,)
     tasks: tuple[str, ...] = field(default_factory=lambda: TASKS)
+    seq_cross: bool = False  # candidate x last-N overlap columns in x0 (checkpoints before it: False)
+    #: value-match slots (user kind, index, item kind, index) of inputs.resolve_pairs (checkpoints before: none)
+    pairs: tuple[tuple[str, int, str, int], ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +63,7 @@ class RankingShape:
         d["user"], d["item"] = TowerShape(**d["user"]), TowerShape(**d["item"])
         for k in ("din_hidden_dims", "expert_dims", "tower_dims", "tasks"):
             d[k] = tuple(d[k])
+        d["pairs"] = tuple(tuple(p) for p in d.get("pairs", ()))
         return RankingShape(**d)
 
 
@@ -71,7 +75,8 @@ def shape_for(user_layout, item_layout, rc, kind: str | None = None) -> RankingS
     return RankingShape(ts(user_layout, user_layout.seq is not None), ts(item_layout, False), kind or rc.multitask,
                         rc.id_embedding_dim, rc.feature_embedding_dim, rc.cross_layers, rc.cross_rank,
                         tuple(rc.din_hidden_dims), rc.num_experts, tuple(rc.expert_dims), rc.ple_shared_experts,
-                        rc.ple_task_experts, rc.ple_levels, tuple(rc.tower_dims))
+                        rc.ple_task_experts, rc.ple_levels, tuple(rc.tower_dims), seq_cross=rc.seq_cross,
+                        pairs=resolve_pairs(user_layout, item_layout, rc.match_pairs)[0] if kind != "lr" else ())
 
 
 class RankingModel(nn.Module):
@@ -80,7 +85,7 @@ class RankingModel(nn.Module):
         self.shape = shape
         n = len(shape.tasks)
         self.inputs = RankingInputs(shape.user, shape.item, shape.id_embedding_dim, shape.feature_embedding_dim,
-                                    shape.din_hidden_dims)
+                                    shape.din_hidden_dims, shape.seq_cross, shape.pairs)
         d = self.inputs.out_dim
         self.cross = CrossNetV2(d, shape.cross_layers, shape.cross_rank)
         if shape.kind == "ple":
@@ -138,6 +143,14 @@ class LogisticBaseline(nn.Module):
 
 def build(shape: RankingShape, dropout: float = 0.0) -> nn.Module:
     return LogisticBaseline(shape) if shape.kind == "lr" else RankingModel(shape, dropout)
+
+
+def build_for(user_layout, item_layout, rc, kind: str | None = None, dropout: float = 0.0) -> nn.Module:  # noqa: ANN001
+    """A fresh model of :func:`shape_for` with its value-match lookups set for these layouts."""
+    model = build(shape_for(user_layout, item_layout, rc, kind), dropout)
+    if isinstance(model, RankingModel):
+        model.inputs.set_lookups(resolve_pairs(user_layout, item_layout, rc.match_pairs)[1])
+    return model
 
 
 def run(model: nn.Module, user: dict[str, torch.Tensor], item: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -42,6 +42,7 @@ from torch import nn
 
 from recsys_batch.ranking.embedding import Embedding
 from recsys_batch.ranking.experts import mlp
+from recsys_batch.ranking.inputs import SEQ_CROSS, resolve_pairs, seq_overlap, value_matches
 from recsys_batch.ranking.model import run
 from recsys_batch.training.features import TowerLayout
 from recsys_batch.training.model import TowerShape, _masked_mean
@@ -49,8 +50,6 @@ from recsys_batch.training.model import TowerShape, _masked_mean
 log = logging.getLogger(__name__)
 #: beside the ranking model's checkpoint.pt in models/ranking/dt=D/
 PRERANK_CHECKPOINT = "prerank_checkpoint.pt"
-#: the fixed cross features before the value matches
-SEQ_CROSS = ("seq_hit", "seq_mean", "seq_max", "seq_any")
 
 
 @dataclass(frozen=True)
@@ -77,44 +76,6 @@ class PrerankShape:
             d[k] = tuple(d[k])
         d["pairs"] = tuple(tuple(p) for p in d["pairs"])
         return PrerankShape(**d)
-
-
-def _slot(lay: TowerLayout, name: str) -> tuple[str, int, object] | None:
-    """(kind, index, _Cat) of the categorical or list feature ``name`` of a layout (kind "cat": index into the
-    ``cat`` tensor; "list": into ``lists``), or None."""
-    for k, c in enumerate(lay.cats):
-        if c.name == name:
-            return "cat", k, c
-    for k, c in enumerate(lay.lists):
-        if c.name == name:
-            return "list", k, c
-    return None
-
-
-def resolve_pairs(user_layout: TowerLayout, item_layout: TowerLayout, pairs: list[list[str]] | list[tuple[str, str]]
-                  ) -> tuple[tuple[tuple[str, int, str, int], ...], list[np.ndarray]]:
-    """The value-match pairs present in both layouts: their slots and, per pair, the lookup ``item fused row ->
-    user fused row of the same vocabulary value`` (0 when the value is not in the user feature's vocabulary, and
-    for padding / out-of-vocabulary rows). Pairs with a missing feature are left out (logged)."""
-    slots, maps = [], []
-    for un, iname in pairs:
-        us, its = _slot(user_layout, un), _slot(item_layout, iname)
-        if us is None or its is None:
-            log.info("prerank: cross pair (%s, %s) left out: %s not in the inputs", un, iname,
-                     un if us is None else iname)
-            continue
-        uk, ui, uc = us
-        ik, ii, ic = its
-        u_off = int(user_layout.offsets[ui if uk == "cat" else user_layout.n_cat + ui])
-        i_off = int(item_layout.offsets[ii if ik == "cat" else item_layout.n_cat + ii])
-        pos = {v: k + 1 for k, v in enumerate(uc.vocab)}
-        lookup = np.zeros(item_layout.fused_size, np.int64)
-        for k, v in enumerate(ic.vocab):
-            if v in pos:
-                lookup[i_off + k + 1] = u_off + pos[v]
-        slots.append((uk, ui, ik, ii))
-        maps.append(lookup)
-    return tuple(slots), maps
 
 
 class PrerankModel(nn.Module):
@@ -177,31 +138,13 @@ class PrerankModel(nn.Module):
         """[B, n_cross] (see the module docstring)."""
         b = i_ids.shape[0]
         if seq.shape[1] > 0:
-            m = seq > 0
-            mf = m.to(torch.float32)
-            hit = ((seq == i_ids.unsqueeze(1)) & m).any(1).to(torch.float32)
-            dots = (self.item_id(seq) * self.item_id(i_ids).unsqueeze(1)).sum(-1)  # [B, L]
-            n = mf.sum(1)
-            mean = (dots * mf).sum(1) / n.clamp_min(1.0)
-            mx = torch.where(m, dots, torch.full_like(dots, -1e4)).max(1).values
-            anyh = (n > 0).to(torch.float32)
-            mx = mx * anyh
-            feats = [hit, mean, mx, anyh]
+            feats = list(seq_overlap(self.item_id(i_ids), self.item_id(seq), seq, i_ids).unbind(1))
         else:
             z = u_cat.new_zeros((b,), dtype=torch.float32)
             feats = [z, z, z, z]
-        for k in range(len(self.pair_user_idx)):
-            look = self.pair_lookup[k]
-            if self.pair_item_list[k]:
-                iv = look[i_lists[:, self.pair_item_idx[k], :]]  # [B, S_i] user-row ids of the item's values
-            else:
-                iv = look[i_cat[:, self.pair_item_idx[k]]].unsqueeze(1)
-            if self.pair_user_list[k]:
-                uv = u_lists[:, self.pair_user_idx[k], :]  # [B, S_u]
-            else:
-                uv = u_cat[:, self.pair_user_idx[k]].unsqueeze(1)
-            eq = (uv.unsqueeze(2) == iv.unsqueeze(1)) & (iv.unsqueeze(1) > 0)
-            feats.append(eq.flatten(1).any(1).to(torch.float32))
+        if len(self.pair_user_idx) > 0:
+            feats += list(value_matches(self.pair_lookup, self.pair_user_list, self.pair_user_idx, self.pair_item_list,
+                                        self.pair_item_idx, u_cat, u_lists, i_cat, i_lists).unbind(1))
         return torch.stack(feats, 1)
 
     @torch.jit.export

@@ -50,7 +50,7 @@ from recsys_batch.ranking.data import RankingStream, encode_targets, require_ran
 from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
 from recsys_batch.ranking.export import EVALUATION, export_prerank, export_ranking
 from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
-from recsys_batch.ranking.model import build, init_output_biases, run, shape_for
+from recsys_batch.ranking.model import build_for, init_output_biases, run
 from recsys_batch.ranking.prerank import PRERANK_CHECKPOINT, build_prerank, load_prerank_checkpoint, prerank_loss_fn
 from recsys_batch.training.columns import C
 from recsys_batch.training.data import count_rows, cut_scalar, holdout_cutoff, list_units, make_loader, sample_files
@@ -220,7 +220,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     require_ranking_columns(columns, files[0])
     seed_everything(rc.seed)
     ul, il = layouts_for_spec(spec, columns, rc)
-    model = build(shape_for(ul, il, rc), rc.dropout)
+    model = build_for(ul, il, rc, dropout=rc.dropout)
     prev = previous_ranking_checkpoint(cfg.warehouse, run_date) if rc.warm_start else None
     old = None
     ws: dict = {}
@@ -268,7 +268,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     models: dict[str, Any] = {"new": (model, ul, il)}
     if rc.baseline:
         seed_everything(rc.seed + 1)
-        lr = build(shape_for(ul, il, rc, kind="lr"))
+        lr = build_for(ul, il, rc, kind="lr")
         stop_lr = EarlyStopping(lr, val, ul, il, rc) if val is not None else None
         base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate, on_epoch=stop_lr)
         if stop_lr is not None:
