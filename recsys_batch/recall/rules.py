@@ -457,7 +457,10 @@ def new_users_recall(pos_events: DataFrame, attrs: DataFrame, targets: DataFrame
         else:
             good = lst.select(_BKEY).distinct()
         good = good.withColumn(_LEVEL, F.lit(level))
-        lst = _top_per(lst.join(good.select(_BKEY), on=_BKEY, how="left_semi"), [_BKEY], size, Col.SCORE)
+        # the global level's one key is a literal: a window on it is a window without a partition (one task
+        # sorting everything, Spark warns); a global top-k is a per-partition top-k then a merge
+        lst = (_top_per(lst.join(good.select(_BKEY), on=_BKEY, how="left_semi"), [_BKEY], size, Col.SCORE) if keys
+               else _top_global(lst, size, Col.SCORE))
         uk = targets.join(attrs, on=Col.USER, how="left").select(Col.USER, bkey.alias(_BKEY))
         lists = lst if lists is None else lists.unionByName(lst)
         ok = good if ok is None else ok.unionByName(good)
