@@ -5,11 +5,17 @@ cluster. Planted (logits; c = item cluster == user cluster, f = gender is f, e =
 h = the item's ``clicks_7d`` >= 7, ~60 % of impressions: the feature's bucket boundary):
 
     click              -2.0 + 2.0 c + 1.0 (f == e) - 1.0 (f != e)         (a gender x category cross)
-    like | click       -1.0 + 2.0 (age > 40) (tag % 3 == 0) - 1.0 (age <= 40)
+    like | click       -1.0 + 2.0 ((age > 40) == (tag % 3 == 0)) - 1.0 (age <= 40)
     collect | click    -2.0 + 1.0 is_new + 2.0 ((age <= 40) == h)         (young users collect popular items,
-                                                                           older ones niche items: an XOR)
+                                                                           older ones niche items)
     share | click      -2.5 + 2.5 c
-    comment | click    -1.5 + 2.0 (author % 2 == 0) f - 1.0
+    comment | click    -2.5 + 2.0 ((author % 2 == 0) == f)
+
+Every task's ranking needs an interaction: no logistic regression on the features (main effects) orders the
+rows as the planted probabilities do -- the ``==`` cells are XORs. (An AND such as (author even) & f, the
+first version of comment and like, is not: a linear score ranks the one high cell first and the three equal
+ones in any order, which is the Bayes ranking, so LR can reach the ceiling there; collect on is_new alone was
+a main effect.) like and collect keep a main effect LR can fit in part.
     log watch seconds  N(2.5 + 1.0 c, 0.5) when clicked, else 0
 
 Non-clicks are kept with probability alpha (``neg_keep_rate``) and get sample_weight 1 / alpha, as
@@ -47,9 +53,9 @@ def true_probabilities(w: World, users: np.ndarray, items: np.ndarray) -> dict[s
     author_even = ((items * 7 + w.item_cluster[items]) % 50) % 2 == 0
     hot = item_clicks_7d(w)[items] >= 7
     return {"click": _sig(-2.0 + 2.0 * c + np.where(f == e, 1.0, -1.0)),
-            "like": _sig(-1.0 + 2.0 * ((age > 40) & tag0) - 1.0 * (age <= 40)),
+            "like": _sig(-1.0 + 2.0 * ((age > 40) == tag0) - 1.0 * (age <= 40)),
             "collect": _sig(-2.0 + 1.0 * is_new + 2.0 * ((age <= 40) == hot)), "share": _sig(-2.5 + 2.5 * c),
-            "comment": _sig(-2.5 + 2.0 * (author_even & f)), "watch_mu": 2.5 + 1.0 * c}
+            "comment": _sig(-2.5 + 2.0 * (author_even == f)), "watch_mu": 2.5 + 1.0 * c}
 
 
 def make_ranking_samples(w: World, run_date: date, impressions_per_user: float = 20.0, alpha: float = 0.5,
