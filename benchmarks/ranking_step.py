@@ -6,7 +6,8 @@ machine drifts by 10-20 % between processes. Synthetic spec with 40 noise numeri
 
 Each argument is a JSON dict of ``RankingConfig`` fields; ``"_old": true`` puts back the first pass's
 per-expert MMoE forward and ``nn.Embedding`` (to measure what the one-matmul MMoE and the index_add embedding
-backward save).
+backward save); ``"_old_din": true`` the DIN first layer as three matmuls and two [B, L, h] adds (before the
+per-row baddbmm).
 """
 import json
 import resource
@@ -42,9 +43,21 @@ def _old_forward(self, x):
 class _OldMMoE(_ex.MMoE):
     forward = _old_forward
 import recsys_batch.ranking.model as _model
+from recsys_batch.ranking.din import DINAttention as _DIN
+_din_forward = _DIN.forward
+def _old_din_forward(self, q, keys, mask):
+    w, d = self.first.weight, q.shape[1]
+    pre = (q @ (w[:, :d] + w[:, 2 * d:3 * d]).t() + self.first.bias).unsqueeze(1) \
+        + keys @ (w[:, d:2 * d] - w[:, 2 * d:3 * d]).t() + (q.unsqueeze(1) * keys) @ w[:, 3 * d:].t()
+    a = self.rest(pre).squeeze(-1) * mask.to(pre.dtype)
+    return (a.unsqueeze(-1) * keys).sum(1)
+class _OldDIN(_DIN):
+    forward = _old_din_forward
+import recsys_batch.ranking.inputs as _inputs_mod
 for v in variants:
     v = dict(v)
     old = v.pop("_old", False)
+    _inputs_mod.DINAttention = _OldDIN if v.pop("_old_din", False) else _DIN
     _inp.Embedding = torch.nn.Embedding if old else _Fast
     _model.MMoE = _OldMMoE if old else _ex.MMoE
     rc = RankingConfig(**v)

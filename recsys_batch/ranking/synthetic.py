@@ -1,13 +1,21 @@
 """Synthetic ranking samples with planted per-task preferences, in the samples stage's ``samples_ranking``
 layout (tests, benchmarks). Users / items / clusters / features are the two-tower's synthetic
 :class:`~recsys_batch.training.synthetic.World`; impressions per user-day ~ Poisson, half from the user's own
-cluster. Planted (logits; c = item cluster == user cluster, f = gender is f, e = item category index even):
+cluster. Planted (logits; c = item cluster == user cluster, f = gender is f, e = item category index even,
+h = the item's ``clicks_7d`` >= 7, ~60 % of impressions: the feature's bucket boundary):
 
     click              -2.0 + 2.0 c + 1.0 (f == e) - 1.0 (f != e)         (a gender x category cross)
-    like | click       -1.0 + 2.0 (age > 40) (tag % 3 == 0) - 1.0 (age <= 40)
-    collect | click    -1.5 + 2.0 is_new
+    like | click       -1.0 + 2.0 ((age > 40) == (tag % 3 == 0)) - 1.0 (age <= 40)
+    collect | click    -2.0 + 1.0 is_new + 2.0 ((age <= 40) == h)         (young users collect popular items,
+                                                                           older ones niche items)
     share | click      -2.5 + 2.5 c
-    comment | click    -1.5 + 2.0 (author % 2 == 0) f - 1.0
+    comment | click    -2.5 + 2.0 ((author % 2 == 0) == f)
+
+Every task's ranking needs an interaction: no logistic regression on the features (main effects) orders the
+rows as the planted probabilities do -- the ``==`` cells are XORs. (An AND such as (author even) & f, the
+first version of comment and like, is not: a linear score ranks the one high cell first and the three equal
+ones in any order, which is the Bayes ranking, so LR can reach the ceiling there; collect on is_new alone was
+a main effect.) like and collect keep a main effect LR can fit in part.
     log watch seconds  N(2.5 + 1.0 c, 0.5) when clicked, else 0
 
 Non-clicks are kept with probability alpha (``neg_keep_rate``) and get sample_weight 1 / alpha, as
@@ -25,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys_batch.training.columns import C
-from recsys_batch.training.synthetic import World, make_spec, with_feature_columns, write_shards
+from recsys_batch.training.synthetic import World, item_clicks_7d, make_spec, with_feature_columns, write_shards
 
 
 def _sig(x: np.ndarray) -> np.ndarray:
@@ -43,10 +51,11 @@ def true_probabilities(w: World, users: np.ndarray, items: np.ndarray) -> dict[s
     e = (w.category[items] % 2) == 0
     tag0 = (items % 3) == 0
     author_even = ((items * 7 + w.item_cluster[items]) % 50) % 2 == 0
+    hot = item_clicks_7d(w)[items] >= 7
     return {"click": _sig(-2.0 + 2.0 * c + np.where(f == e, 1.0, -1.0)),
-            "like": _sig(-1.0 + 2.0 * ((age > 40) & tag0) - 1.0 * (age <= 40)),
-            "collect": _sig(-1.5 + 2.0 * is_new), "share": _sig(-2.5 + 2.5 * c),
-            "comment": _sig(-2.5 + 2.0 * (author_even & f)), "watch_mu": 2.5 + 1.0 * c}
+            "like": _sig(-1.0 + 2.0 * ((age > 40) == tag0) - 1.0 * (age <= 40)),
+            "collect": _sig(-2.0 + 1.0 * is_new + 2.0 * ((age <= 40) == hot)), "share": _sig(-2.5 + 2.5 * c),
+            "comment": _sig(-2.5 + 2.0 * (author_even == f)), "watch_mu": 2.5 + 1.0 * c}
 
 
 def make_ranking_samples(w: World, run_date: date, impressions_per_user: float = 20.0, alpha: float = 0.5,

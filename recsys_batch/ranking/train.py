@@ -42,15 +42,18 @@ from recsys_batch.errors import MissingInput, RecsysBatchError
 from recsys_batch.features.spec import load_spec
 from recsys_batch.io import fs
 from recsys_batch.io.fs import resolve
+from recsys_batch.ranking.calibration import CalibratedModel, calibrator_from_meta, calibrator_to_meta, fit_calibrator
 from recsys_batch.ranking.checkpoint import (
     CHECKPOINT, load_ranking_checkpoint, previous_ranking_checkpoint, ranking_dir, save_ranking_checkpoint,
     warm_start_ranking,
 )
 from recsys_batch.ranking.data import RankingStream, encode_targets, require_ranking_columns
-from recsys_batch.ranking.evaluate import evaluate_day, format_table, layouts_for_spec, ranking_gate, refusal_message
+from recsys_batch.ranking.evaluate import (
+    evaluate_day, format_table, layouts_for_spec, predict, ranking_gate, refusal_message,
+)
 from recsys_batch.ranking.export import EVALUATION, export_prerank, export_ranking
 from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
-from recsys_batch.ranking.model import build_for, init_output_biases, run
+from recsys_batch.ranking.model import TASKS, build_for, init_output_biases, run
 from recsys_batch.ranking.prerank import PRERANK_CHECKPOINT, build_prerank, load_prerank_checkpoint, prerank_loss_fn
 from recsys_batch.training.columns import C
 from recsys_batch.training.data import count_rows, cut_scalar, holdout_cutoff, list_units, make_loader, sample_files
@@ -232,21 +235,26 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
         log.warning("train_ranking %s: no earlier ranking checkpoint%s: starting fresh", run_date,
                     "" if rc.warm_start else " (ranking.warm_start is false)")
     cutoff = holdout_cutoff(run_date, rc.holdout_hours)
-    train_cut, val = cutoff, None
+    end = cutoff or holdout_cutoff(run_date + timedelta(days=1), 24.0)
+    n = rc.epochs
     if prev is None and rc.fresh_min_steps:
         n = fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"), rc, world)
-        if n > 1 and rc.fresh_validation_hours > 0:  # repeated epochs: early stopping on the last hours before the cut
-            end = cutoff or holdout_cutoff(run_date + timedelta(days=1), 24.0)
-            train_cut = end - timedelta(hours=rc.fresh_validation_hours)
-            val = validation_rows(files, train_cut, end, rc.eval_max_rows)
-            if val is None:
-                train_cut = cutoff
-            else:
-                n = fresh_epochs(count_rows(files, train_cut, "train"), rc, world)
-        if n != rc.epochs:
-            log.info("train_ranking %s: no checkpoint: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date, n,
-                     rc.fresh_min_steps, f", early stopping on {val.num_rows:,} rows after {train_cut}" if val else "")
-            rc = rc.model_copy(update={"epochs": n})
+    # the last hours before the cut, not trained on: the calibration rows and (repeated fresh epochs) early stopping
+    early = n > 1 and rc.fresh_validation_hours > 0
+    val_hours = max(rc.calibration_hours, rc.fresh_validation_hours if early else 0.0)
+    train_cut, val = cutoff, None
+    if val_hours > 0:
+        train_cut = end - timedelta(hours=val_hours)
+        val = validation_rows(files, train_cut, end, rc.eval_max_rows)
+        if val is None:
+            train_cut = cutoff
+        elif prev is None and rc.fresh_min_steps:
+            n = fresh_epochs(count_rows(files, train_cut, "train"), rc, world)
+    if n != rc.epochs:
+        log.info("train_ranking %s: no checkpoint: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date, n,
+                 rc.fresh_min_steps, f", early stopping on {val.num_rows:,} rows after {train_cut}"
+                 if early and val is not None else "")
+        rc = rc.model_copy(update={"epochs": n})
     units = list_units(files)
 
     def stream() -> RankingStream:
@@ -255,7 +263,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
 
     on_step, bar = _progress(rc, sum(u.rows for u in units), rank)
     try:
-        stopper = EarlyStopping(model, val, ul, il, rc) if val is not None else None
+        stopper = EarlyStopping(model, val, ul, il, rc) if early and val is not None else None
         res = train_ranking(model, stream(), rc, on_step, fresh=prev is None, on_epoch=stopper)
         if stopper is not None:
             stopper.restore(f"train_ranking {run_date}")
@@ -269,7 +277,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     if rc.baseline:
         seed_everything(rc.seed + 1)
         lr = build_for(ul, il, rc, kind="lr")
-        stop_lr = EarlyStopping(lr, val, ul, il, rc) if val is not None else None
+        stop_lr = EarlyStopping(lr, val, ul, il, rc) if early and val is not None else None
         base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate, on_epoch=stop_lr)
         if stop_lr is not None:
             stop_lr.restore(f"train_ranking {run_date} (baseline)")
@@ -287,11 +295,20 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
              res.seconds, res.examples_per_s, res.final_loss or float("nan"))
     if rank != 0:
         return res
+    cal, cal_status = None, None
+    if val is not None and rc.calibration_hours > 0:
+        cal, cal_status = fit_calibrator(predict(model, ul, il, val), encode_targets(val)["labels"].numpy(),
+                                         [TASKS.index(t) for t in rc.calibration_tasks], rc.calibration_segments)
+        log.info("train_ranking %s: post-hoc calibration on %d rows before %s: %s", run_date, val.num_rows, end,
+                 {TASKS[int(k)]: v for k, v in cal_status.items()})
+        models = {"new": (CalibratedModel(model, cal), ul, il), "new_uncalibrated": (model, ul, il),
+                  **{k: v for k, v in models.items() if k != "new"}}
     prev_name = None
     if old is not None:
         prev_name = f"ranking_{prev[0].isoformat()}"
         pul, pil = layouts_for_spec(old["spec"], columns, rc)
-        models[prev_name] = (old["model"], pul, pil)
+        old_cal = calibrator_from_meta(old["extra"].get("calibration"))
+        models[prev_name] = (CalibratedModel(old["model"], old_cal) if old_cal else old["model"], pul, pil)
     metrics, n_eval = evaluate_day(cfg, run_date, files, models)
     gate = ranking_gate(metrics, rc, "new", "lr" if rc.baseline else None, prev_name)
     if metrics:
@@ -309,9 +326,10 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     save_ranking_checkpoint(res.checkpoint, model, spec, ul, il,
                             {"run_date": run_date.isoformat(), "model_version": version, "spec_path": spec_path,
                              "train": res.summary(), "config_hash": cfg.config_hash(), "alpha": alpha,
-                             "gate": gate["decision"]})
+                             "gate": gate["decision"],
+                             "calibration": calibrator_to_meta(cal, cal_status) if cal is not None else None})
     res.exports = export_ranking(model, ul, il, spec, alpha, rc.fusion_weights, out,
-                                 {"model_version": version, "run_date": run_date.isoformat()})
+                                 {"model_version": version, "run_date": run_date.isoformat()}, cal)
     if "prerank" in models:
         pre = models["prerank"][0]
         save_ranking_checkpoint(f"{out}/{PRERANK_CHECKPOINT}", pre, spec, ul, il,

@@ -109,12 +109,16 @@ def _user_cols(w: World, users: np.ndarray) -> dict[str, pa.Array]:
             "is_new": pa.array((users % 7) == 0), "top_categories": pa.array([[f"c{uc[u]}"] for u in users])}
 
 
+def item_clicks_7d(w: World) -> np.ndarray:
+    """Per item: the ``clicks_7d`` feature value (a function of its popularity)."""
+    return np.round(np.log1p(w.item_pop * w.n_items * 5) * 3)
+
+
 def _item_cols(w: World, items: np.ndarray) -> dict[str, pa.Array]:
-    pop = np.log1p(w.item_pop * w.n_items * 5)
     return {"category": pa.array([f"c{w.category[i]}" for i in items]),
             "author_id": pa.array([f"a{(i * 7 + w.item_cluster[i]) % 50}" for i in items]),
             "tags": pa.array([[f"t{w.item_cluster[i] * 3 + i % 3}"] for i in items]),
-            "clicks_7d": pa.array(np.round(pop[items] * 3), pa.int64())}
+            "clicks_7d": pa.array(item_clicks_7d(w)[items], pa.int64())}
 
 
 #: strongest-event weights of a positive (events.weights: click 1, like 2, collect / comment 3, share 4) and
