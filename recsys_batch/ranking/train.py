@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -56,9 +55,9 @@ from recsys_batch.ranking.loss import multitask_loss, task_weight_vector
 from recsys_batch.ranking.model import TASKS, build_for, init_output_biases, run
 from recsys_batch.ranking.prerank import PRERANK_CHECKPOINT, build_prerank, load_prerank_checkpoint, prerank_loss_fn
 from recsys_batch.training.columns import C
-from recsys_batch.training.data import count_rows, cut_scalar, holdout_cutoff, list_units, make_loader, sample_files
+from recsys_batch.training.data import count_rows, cut_scalar, holdout_cutoff, list_units, sample_files
 from recsys_batch.training.train import (
-    TrainResult, _global_sum, _NullCtx, _progress, dist_info, fresh_epochs, seed_everything, spec_for_samples,
+    TrainResult, _global_sum, _progress, dist_info, fit, fresh_epochs, seed_everything, spec_for_samples,
 )
 
 log = logging.getLogger(__name__)
@@ -86,8 +85,7 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
     ``loss_fn(net, batch)``: the loss (default: the masked multi-task loss; the pre-rank model's is
     :func:`recsys_batch.ranking.prerank.prerank_loss_fn`). ``on_epoch(epoch)`` after each epoch (every rank, the
     model in train mode): True stops (:class:`EarlyStopping`)."""
-    rank, world = dist_info()
-    ddp = world > 1
+    ddp = dist_info()[1] > 1
     if fresh and stream.units:  # before DDP: every rank reads the same first row group, so the same priors
         first = stream._read(stream.units[0], {})
         if first.num_rows:
@@ -96,43 +94,16 @@ def train_ranking(model: nn.Module, stream: RankingStream, rc: RankingConfig,
                      [round(x, 3) for x in init_output_biases(model, tg["labels"], tg["watch"])], first.num_rows)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ddp else model
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate or rc.learning_rate, weight_decay=rc.weight_decay, fused=True)
-    weights = task_weight_vector(rc.task_weights)
-    res = RankingTrainResult()
-    model.train()
-    t0 = time.perf_counter()
-    done = False
-    for epoch in range(rc.epochs):
-        stream.set_epoch(epoch)
-        with net.join() if ddp else _NullCtx():
-            for batch in make_loader(stream, rc.num_workers):
-                if loss_fn is None:
-                    loss, _ = multitask_loss(run(net, batch["user"], batch["item"]), batch["labels"], batch["watch"],
-                                             weights, rc.conditional_loss == "impressions")
-                else:
-                    loss = loss_fn(net, batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                lv = float(loss.detach())
-                if not np.isfinite(lv):
-                    raise RecsysBatchError(f"ranking training diverged at step {res.steps}: loss {lv} "
-                                           f"(lower ranking.learning_rate)")
-                res.steps += 1
-                res.examples += int(batch["labels"].shape[0])
-                res.positives += int((batch["labels"][:, 0] > 0.5).sum())
-                res.losses.append(lv)
-                if on_step is not None:
-                    on_step(res.steps, res.examples, lv, res.examples / max(time.perf_counter() - t0, 1e-9))
-                if rc.max_steps is not None and res.steps >= rc.max_steps:
-                    done = True
-                    break
-        if done:
-            break
-        if on_epoch is not None and on_epoch(epoch):
-            break
-    res.seconds = time.perf_counter() - t0
-    model.eval()
-    return res
+    if loss_fn is None:
+        weights = task_weight_vector(rc.task_weights)
+        per_impression = rc.conditional_loss == "impressions"
+
+        def loss_fn(n: nn.Module, batch: dict) -> torch.Tensor:
+            return multitask_loss(run(n, batch["user"], batch["item"]), batch["labels"], batch["watch"], weights,
+                                  per_impression)[0]
+    return fit(model, net, stream, opt, epochs=rc.epochs, max_steps=rc.max_steps, num_workers=rc.num_workers,
+               loss_of=loss_fn, positives_of=lambda b: b["labels"][:, 0] > 0.5, res=RankingTrainResult(),
+               what="ranking training", hint="lower ranking.learning_rate", on_step=on_step, on_epoch=on_epoch)
 
 
 def validation_rows(files: list[str], lo: datetime, hi: datetime, max_rows: int) -> pa.Table | None:

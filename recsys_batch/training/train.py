@@ -87,53 +87,66 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay, fused=True)
 
 
+def fit(model: torch.nn.Module, net: torch.nn.Module, stream: SampleStream, opt: torch.optim.Optimizer, *,
+        epochs: int, max_steps: int | None, num_workers: int,
+        loss_of: Callable[[torch.nn.Module, dict], torch.Tensor], positives_of: Callable[[dict], torch.Tensor],
+        res: TrainResult, what: str, hint: str, on_step: Callable[[int, int, float, float], None] | None = None,
+        on_epoch: Callable[[int], bool] | None = None) -> TrainResult:
+    """The loop every model trains with: ``epochs`` shuffled passes over ``stream`` (or ``max_steps`` steps) of
+    ``loss_of(net, batch)``, one optimizer step per batch. ``net`` is ``model`` or its DDP wrapper (then
+    ``join()`` covers uneven numbers of batches per rank). Fills ``res``: steps, examples (rows of the batches),
+    positives (rows where ``positives_of(batch)`` holds), the loss of every step, seconds; a non-finite loss
+    raises ``{what} diverged at step N: loss x ({hint})``. ``on_step(step, examples, loss, examples_per_s)`` after every step;
+    ``on_epoch(epoch)`` after each complete epoch (model in train mode): True stops. Leaves the model in eval
+    mode."""
+    ddp = net is not model
+    model.train()
+    t0 = time.perf_counter()
+    done = False
+    for epoch in range(epochs):
+        stream.set_epoch(epoch)
+        with net.join() if ddp else _NullCtx():
+            for batch in make_loader(stream, num_workers):
+                loss = loss_of(net, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+                if not np.isfinite(lv):
+                    raise RecsysBatchError(f"{what} diverged at step {res.steps}: loss {lv} ({hint})")
+                pos = positives_of(batch)
+                res.steps += 1
+                res.examples += int(pos.shape[0])
+                res.positives += int(pos.sum())
+                res.losses.append(lv)
+                if on_step is not None:
+                    on_step(res.steps, res.examples, lv, res.examples / max(time.perf_counter() - t0, 1e-9))
+                if max_steps is not None and res.steps >= max_steps:
+                    done = True
+                    break
+        if done or (on_epoch is not None and on_epoch(epoch)):
+            break
+    res.seconds = time.perf_counter() - t0
+    model.eval()
+    return res
+
+
 def train(model: TwoTower, stream: SampleStream, tc: TrainConfig,
           on_step: Callable[[int, int, float, float], None] | None = None) -> TrainResult:
-    """Train ``model`` for ``tc.epochs`` passes over ``stream`` (or ``tc.max_steps`` steps).
+    """Train ``model`` for ``tc.epochs`` passes over ``stream`` (or ``tc.max_steps`` steps) with :func:`fit`.
 
     Under DDP (process group initialised) the stream must be built with this rank / world size; the
     gradients are averaged across ranks, so each step equals one step on the union of the ranks'
     batches with the mean of their losses. ``on_step(step, examples, loss, examples_per_s)`` is
     called after every step (progress bars, logging). Returns the local loss of every step.
     """
-    rank, world = dist_info()
-    ddp = world > 1
     net: torch.nn.Module = model
-    if ddp:
+    if dist_info()[1] > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
-    opt = build_optimizer(net, tc)
-    res = TrainResult()
-    model.train()
-    t0 = time.perf_counter()
-    done = False
-    for epoch in range(tc.epochs):
-        stream.set_epoch(epoch)
-        loader = make_loader(stream, tc.num_workers)
-        ctx = net.join() if ddp else _NullCtx()
-        with ctx:
-            for batch in loader:
-                loss = batch_loss(net, batch, tc)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                lv = float(loss.detach())
-                if not np.isfinite(lv):
-                    raise RecsysBatchError(f"training diverged at step {res.steps}: loss {lv} "
-                                           f"(lower train.learning_rate or raise train.temperature)")
-                res.steps += 1
-                res.examples += int(batch["label"].shape[0])
-                res.positives += int((batch["label"] > 0.5).sum())
-                res.losses.append(lv)
-                if on_step is not None:
-                    on_step(res.steps, res.examples, lv, res.examples / max(time.perf_counter() - t0, 1e-9))
-                if tc.max_steps is not None and res.steps >= tc.max_steps:
-                    done = True
-                    break
-        if done:
-            break
-    res.seconds = time.perf_counter() - t0
-    model.eval()
-    return res
+    return fit(model, net, stream, build_optimizer(net, tc), epochs=tc.epochs, max_steps=tc.max_steps,
+               num_workers=tc.num_workers, loss_of=lambda n, b: batch_loss(n, b, tc),
+               positives_of=lambda b: b["label"] > 0.5, res=TrainResult(),
+               what="training", hint="lower train.learning_rate or raise train.temperature", on_step=on_step)
 
 
 def _global_sum(x: int) -> int:
