@@ -32,6 +32,10 @@ unique_hits@K      overlap: hits (u, i) at K that no other channel finds at K (w
                    channels of ``overlap_exclude`` (``merged``, a mix of the others) neither count as
                    "another channel" nor get the number (None)
 union_hits@K       (per evaluation) distinct test pairs found at K by any channel not excluded
+merged_sole_hits@K (published mode, per channel c, when ``recall_merged`` has its ``channels``
+                   provenance column) hits (u, i) of the merged list at K whose ``channels`` = [c]: the
+                   merged list holds i only because c's quota list had it. Unlike unique_hits@K (other
+                   channels' top K), this is what c alone contributes to the list that ships
 =================  ========================================================================================
 
 The per-user metrics are averaged over every test user (users with >= 1 test item); a user without a
@@ -86,6 +90,8 @@ METRIC_DEFINITIONS = {
     "unique_hits@K": "hits at K no other channel finds within its top K (channels of evaluate.overlap_exclude, "
                      "e.g. merged, do not take part)",
     "union_hits@K": "distinct test pairs found at K by any channel taking part in the overlap",
+    "merged_sole_hits@K": "hits of recall_merged within its top K whose channels provenance is this channel alone "
+                          "(the merged list holds the item only because this channel's quota list had it)",
 }
 
 
@@ -289,6 +295,25 @@ def hit_overlap(hits: DataFrame, ks: list[int], channels: list[str],
                  F.when(excluded, F.lit(None)).otherwise(F.coalesce(F.col(f"credit_{k}"), F.lit(0.0)))
                   .alias(f"credit_{k}")]
     return out.select(*cols)
+
+
+def merged_sole_hits(merged: DataFrame, test: DataFrame, ks: list[int]) -> DataFrame:
+    """(channel, sole_hits_K for each K): per channel c, the test pairs (u, i) that ``merged``
+    (``recall_merged`` rows: user_id, item_id, rank, channels) has within its top K with channels = [c].
+
+    Pairs with two or more channels in their provenance count for none of them; a channel with no sole hit
+    has no row (the caller reports 0). Cost: the merged rows cut at max K and filtered to one-channel
+    provenance, joined with the distinct test pairs on (user, item), one aggregation on channel.
+    """
+    require_columns(merged, [Col.USER, Col.ITEM, Col.RANK, Col.CHANNELS], table="recall_merged",
+                    where="merged_sole_hits")
+    require_columns(test, [Col.USER, Col.ITEM], table="test items", where="merged_sole_hits")
+    ks = sorted(set(ks))
+    rank = F.col(Col.RANK)
+    sole = (merged.where((rank <= ks[-1]) & (F.size(Col.CHANNELS) == 1))
+            .select(Col.USER, Col.ITEM, rank, F.col(Col.CHANNELS)[0].alias(CHANNEL)))
+    hits = sole.join(test.select(Col.USER, Col.ITEM).distinct(), on=[Col.USER, Col.ITEM])
+    return hits.groupBy(CHANNEL).agg(*[F.count(F.when(rank <= k, 1)).alias(f"sole_hits_{k}") for k in ks])
 
 
 def union_hits(overlap_rows: list[dict], ks: list[int]) -> dict[str, int]:
