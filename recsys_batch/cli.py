@@ -226,9 +226,12 @@ def render_metrics(res: Any, title: str = "") -> None:
     # all of them are in the JSON and the HTML report; here: recall and NDCG at every K, MRR, and at the
     # largest K catalog coverage, popularity percentile and unique hits; users_with_list / users as "lists"
     top = max(res.ks) if res.ks else None
+    sole = top is not None and any(f"merged_sole_hits@{top}" in r for r in res.rows)
     cols = (["channel", "lists"] + [c for c in res.columns if c.startswith(("recall@", "ndcg@"))] + ["mrr"]
-            + [f"{m}@{top}" for m in ("coverage", "pop_percentile", "unique_hits") if top is not None])
-    short = {"coverage": "cov", "pop_percentile": "pop%", "unique_hits": "uniq"}   # the table fits 160 columns
+            + [f"{m}@{top}" for m in ("coverage", "pop_percentile", "unique_hits") if top is not None]
+            + ([f"merged_sole_hits@{top}"] if sole else []))
+    short = {"coverage": "cov", "pop_percentile": "pop%", "unique_hits": "uniq",   # the table fits 160 columns
+             "merged_sole_hits": "m-solo"}
     for c in cols:
         name, _, k = c.partition("@")
         t.add_column(f"{short.get(name, name)}@{k}" if k else c, justify="left" if c == "channel" else "right",
@@ -242,7 +245,9 @@ def render_metrics(res: Any, title: str = "") -> None:
     if top is not None and res.rows:
         console.print(f"cov = catalog coverage, pop% = mean popularity percentile of the items (held-out truth: "
                       f"{'-' if truth_pct is None else f'{truth_pct:.4f}'}; above it a list leans to popular items), "
-                      f"uniq = hits no other channel has at K (report: `recsys-batch report --date {res.run_date}`)",
+                      f"uniq = hits no other channel has at K"
+                      + (", m-solo = hits of recall_merged at K that came from this channel alone" if sole else "")
+                      + f" (report: `recsys-batch report --date {res.run_date}`)",
                       markup=False, highlight=False)
     missing = res.extra.get("channels_without_lists")
     if missing:

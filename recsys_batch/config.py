@@ -269,9 +269,16 @@ class MergeConfig(_Model):
     quotas: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_MERGE_QUOTAS))
     #: RRF constant k (60 in Cormack et al.: damps the weight of the very top ranks)
     rrf_k: float = Field(60.0, gt=0)
-    #: RRF weight per channel; a channel not listed weighs 1. popular and swing are down-weighted: with weight
-    #: 1 the popular head, present in every user's list, outranks personalised items (README measurement)
-    weights: dict[str, float] = Field(default_factory=lambda: {"popular": 0.3, "swing": 0.5})
+    #: RRF weight per channel (a channel not listed weighs 1): the fallback of ``learn_weights`` (day 1, a
+    #: channel without D-1 lists) or the weights when it is off. Default none: equal weights, the unweighted
+    #: RRF of Cormack et al.; hand-set weights are one data set's fit (README "Merged list")
+    weights: dict[str, float] = Field(default_factory=dict)
+    #: RRF weights learned each day: the channel lists of D-1 scored on the positive events of D (per channel,
+    #: recall@learn_k over the test users it has a list for), w_c = recall_c / max recall; a channel without
+    #: D-1 lists or validated on fewer than learn_min_users users keeps ``weights`` (the whole map on day 1)
+    learn_weights: bool = True
+    learn_k: int = Field(100, ge=1)
+    learn_min_users: int = Field(100, ge=1)
     #: items per user in recall_merged (after the exposure filter)
     top_n: int = Field(500, ge=1)
     #: drop the items the user's exposure Bloom filter reports as shown

@@ -17,7 +17,9 @@ from chispa import assert_df_equality
 
 from recsys_batch.evaluation import coverage_novelty, per_user_metrics, ranking_metrics, split_time, split_user_chrono
 from recsys_batch.evaluation.evaluate import channel_order, evaluate_published, run_evaluate, truth_from_events
-from recsys_batch.evaluation.metrics import hit_overlap, item_popularity, list_hits, truth_pop_percentile, union_hits
+from recsys_batch.evaluation.metrics import (
+    hit_overlap, item_popularity, list_hits, merged_sole_hits, truth_pop_percentile, union_hits,
+)
 from recsys_batch.io.tables import replace_partition
 from recsys_batch.schemas import EVENTS, RECALL, USER_ITEM_MATRIX, Col
 
@@ -117,6 +119,21 @@ def test_hits_and_unique_hits_hand_computed(spark):
     got_all = {r.channel: r for r in hit_overlap(hits, [1, 2], ["x", "y", "merged"], exclude=()).collect()}
     assert [(got_all[c].unique_hits_1, got_all[c].unique_hits_2) for c in ("x", "y", "merged")] == [
         (0, 0), (1, 0), (1, 0)]
+
+
+def test_merged_sole_hits_hand_computed(spark):
+    test = spark.createDataFrame([("A", "a"), ("A", "b"), ("A", "d"), ("B", "c"), ("B", "e")],
+                                 "user_id string, item_id string")
+    merged = spark.createDataFrame([
+        ("A", "a", 0.9, 1, ["x"]), ("A", "b", 0.8, 2, ["x", "y"]),   # b: two channels -> nobody's sole hit
+        ("A", "z", 0.7, 3, ["y"]),                                   # not a test pair
+        ("A", "d", 0.6, 4, ["y"]), ("B", "c", 0.9, 1, ["y"]),
+        ("B", "e", 0.1, 5, ["x"]),                                   # beyond max K = 4
+    ], "user_id string, item_id string, score double, rank int, channels array<string>")
+    # K=1: x (A,a), y (B,c); K=4: x (A,a), y (B,c), (A,d)
+    expected = spark.createDataFrame([("x", 1, 1), ("y", 1, 2)], "channel string, sole_hits_1 long, sole_hits_4 long")
+    assert_df_equality(merged_sole_hits(merged, test, [4, 1]), expected, ignore_row_order=True,
+                       ignore_nullable=True)
 
 
 @pytest.fixture()
@@ -252,6 +269,8 @@ def test_run_evaluate_published_mode(spark, make_cfg, tmp_path):
     m = res.row("merged")   # hits u1 d@1, u2 d@1, u3 a@1; u4 has no list
     assert (m["users_with_list"], m["recall@1"], m["hits@2"], m["unique_hits@2"]) == (3, 2.5 / 4, 3, None)
     assert res.extra["overlap_exclude"] == ["merged"]
+    # merged's hits from one channel alone: u3 a@1 (popular); u1 d and u2 d came from both
+    assert [(r["merged_sole_hits@1"], r["merged_sole_hits@2"]) for r in res.rows] == [(0, 0), (1, 1), (None, None)]
     assert res.source == "positive events of 2026-11-21 (events dt 2026-11-21; 1 of 1 days)"
     assert res.extra["channels_without_lists"] == ["recall_swing (no table)", "recall_usercf (no table)",
                                                    "recall_two_tower (no table)"]

@@ -24,8 +24,8 @@ from recsys_batch.recall.exposure import (
     bloom_contains, bloom_indexes, bloom_size, build_bloom, build_exposure_bloom, expected_fpr, exposed_items,
     load_bloom, stable_hash, storage_bits,
 )
-from recsys_batch.recall.merge import merge_recall, snake_order
-from recsys_batch.recall.merge_stage import metrics_path, run_merge
+from recsys_batch.recall.merge import channel_validation, learned_weights, merge_recall, snake_order
+from recsys_batch.recall.merge_stage import fusion_weights, metrics_path, run_merge
 from recsys_batch.schemas import EVENTS, RECALL, RECALL_MERGED
 
 D = date(2026, 11, 20)
@@ -197,7 +197,76 @@ def test_merge_config_and_stage_wiring():
     assert "merge" in get_stage("evaluate").upstream
 
 
+PREV = {  # lists of D - 1 for the validation; test pairs of D: u1 {b, c}, u2 {e}, u4 {a}
+    "itemcf": [("u1", "a", 0.9, 1), ("u1", "b", 0.8, 2), ("u1", "c", 0.7, 3), ("u2", "a", 0.9, 1)],
+    "usercf": [("u1", "c", 0.9, 1), ("u3", "d", 0.9, 1)],
+}
+TEST = [("u1", "b"), ("u1", "c"), ("u2", "e"), ("u4", "a")]
+
+
+def test_channel_validation_recall_over_the_users_a_channel_lists(spark):
+    lists = {c: spark.createDataFrame(rows, RECALL) for c, rows in PREV.items()}
+    test = spark.createDataFrame(TEST + [("u1", "b")], "user_id string, item_id string")  # a duplicate pair
+    # k = 2. itemcf lists test users u1, u2: u1 top 2 {a, b} & {b, c} = 1 of 2; u2 {a} & {e} = 0 -> (2, 0.25)
+    # usercf lists u1 (u3 is no test user): {c} & {b, c} = 1 of 2 -> (1, 0.5); u4 is in no list
+    expected = spark.createDataFrame([("itemcf", 2, 0.25), ("usercf", 1, 0.5)],
+                                     "channel string, users long, recall double")
+    check(channel_validation(lists, test, 2), expected)
+    # k = 3 adds itemcf's c for u1: (2/2 + 0) / 2
+    got = {r.channel: (r.users, r.recall) for r in channel_validation(lists, test, 3).collect()}
+    assert got == {"itemcf": (2, 0.5), "usercf": (1, 0.5)}
+
+
+def test_learned_weights_relative_recall_with_config_fallback():
+    cfg = MergeConfig(quotas={"itemcf": 2, "usercf": 2, "popular": 1, "hot": 0}, weights={"popular": 0.3},
+                      learn_min_users=2)
+    # usercf validated on 1 < 2 users, popular and hot not at all: merge.weights (1 when not listed)
+    weights, source = learned_weights({"itemcf": (2, 0.25), "usercf": (1, 0.5)}, cfg)
+    assert weights == {"itemcf": 1.0, "usercf": 1.0, "popular": 0.3, "hot": 1.0}
+    assert source == {"itemcf": "validation", "usercf": "config", "popular": "config", "hot": "config"}
+    one = cfg.model_copy(update={"learn_min_users": 1})
+    weights, _ = learned_weights({"itemcf": (2, 0.25), "usercf": (1, 0.5), "popular": (5, 0.1)}, one)
+    assert weights == {"itemcf": 0.5, "usercf": 1.0, "popular": pytest.approx(0.2), "hot": 1.0}
+    # every validated recall 0: nothing to learn from
+    assert learned_weights({"itemcf": (9, 0.0)}, cfg)[0] == {"itemcf": 1.0, "usercf": 1.0, "popular": 0.3, "hot": 1.0}
+
+
 # ---- the stage -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_run_merge_learns_rrf_weights_from_the_previous_day(spark, make_cfg):
+    cfg = make_cfg("merge.quotas={itemcf: 2, usercf: 3, popular: 1}", "merge.weights={popular: 0.3}",
+                   "merge.top_n=3", "merge.learn_k=2", "merge.learn_min_users=1", "merge.fpr_probes_per_user=0")
+    prev = D - timedelta(days=1)
+    assert fusion_weights(spark, cfg, D) == ({"itemcf": 1.0, "usercf": 1.0, "popular": 0.3},
+                                             {"weights_from": "config", "validation_date": None, "validation": {},
+                                              "why": "no recall_<channel> lists for dt=2026-11-19"})
+    for c, rows in PREV.items():
+        replace_partition(spark.createDataFrame(rows, RECALL), cfg.warehouse, f"recall_{c}", prev, count=False)
+    for c, df in lists_df(spark).items():
+        replace_partition(df, cfg.warehouse, f"recall_{c}", D, count=False)
+    ev = [(u, i, "click", at(D, 9), None, None, None) for u, i in TEST]
+    ev += [("u1", "a", "click", at(prev, 9), None, None, None),       # ts on D - 1: not after the lists
+           ("u2", "f", "impression", at(D, 9), None, None, None)]     # not a positive
+    replace_partition(spark.createDataFrame(ev, EVENTS), cfg.warehouse, "events", D, count=False)
+    # D - 1's matrix holds (u1, c): not truth -> itemcf u1 {a, b} & {b} = 1/1, u2 0 -> 0.5; usercf u1 {c} & {b} = 0
+    matrix = spark.createDataFrame([("u1", "c")], "user_id string, item_id string")
+    replace_partition(matrix, cfg.warehouse, "user_item_matrix", prev, count=False)
+    run_merge(spark, cfg, D)
+    metrics = json.loads(open(metrics_path(cfg.warehouse.root, D)).read())
+    assert metrics["validation"] == {"itemcf": {"users": 2, "recall@2": 0.5}, "usercf": {"users": 1, "recall@2": 0.0}}
+    assert metrics["rrf_weights"] == {"itemcf": 1.0, "usercf": 0.0, "popular": 0.3}
+    assert metrics["weights_from"] == {"itemcf": "validation", "usercf": "validation", "popular": "config"}
+    assert metrics["validation_date"] == "2026-11-19"
+    # D's fusion with those weights (no exposure: no impression on D in u1's lists): itemcf [x, y] 1/61, 1/62;
+    # usercf weighs 0 ([y, w, x]); popular [v] 0.3/61 -> x 1/61, y 1/62, v 0.3/61 (w 0, cut by top_n 3)
+    expected = merged_df(spark, [
+        ("u1", "x", 1 / 61, 1, ["itemcf", "usercf"]), ("u1", "y", 1 / 62, 2, ["itemcf", "usercf"]),
+        ("u1", "v", 0.3 / 61, 3, ["popular"]),
+        ("u2", "a", 1 / 61, 1, ["itemcf"]), ("u2", "b", 1 / 62, 2, ["itemcf"]),
+    ])
+    check(read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt"), expected)
+
 
 @pytest.mark.slow
 def test_run_merge_skips_missing_channels_and_is_idempotent(spark, make_cfg, caplog):

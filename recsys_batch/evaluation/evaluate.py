@@ -40,7 +40,7 @@ from recsys_batch.config import Config
 from recsys_batch.errors import RecsysBatchError
 from recsys_batch.evaluation.metrics import (
     CHANNEL, DEFAULT_OVERLAP_EXCLUDE, METRIC_DEFINITIONS, coverage_novelty, hit_overlap, item_popularity, list_hits,
-    ranking_metrics, truth_pop_percentile, union_hits,
+    merged_sole_hits, ranking_metrics, truth_pop_percentile, union_hits,
 )
 from recsys_batch.evaluation.report import EvaluateResult, report_path, write_json
 from recsys_batch.evaluation.splits import Split, split_time, split_user_chrono, window_events
@@ -212,7 +212,8 @@ def truth_from_events(events: DataFrame, weights: dict[str, float], run_date: da
 
 def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks: list[int], channels: list[str],
                        run_date: date, source: str,
-                       overlap_exclude: tuple[str, ...] | list[str] = DEFAULT_OVERLAP_EXCLUDE) -> EvaluateResult:
+                       overlap_exclude: tuple[str, ...] | list[str] = DEFAULT_OVERLAP_EXCLUDE,
+                       merged: DataFrame | None = None) -> EvaluateResult:
     """Score published lists (channel, user_id, item_id, rank) on ``truth`` (user_id, item_id) (mode ``published``).
 
     Test items = distinct truth pairs minus the (user, item) pairs of ``matrix`` (D's ``user_item_matrix``:
@@ -220,8 +221,11 @@ def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks:
     those without a matrix row (cold users, no list possible) included and counted in
     ``extra["test_users_in_matrix"]``. Catalog and popularity of coverage / novelty / popularity bias:
     ``matrix``; ``extra`` also holds :func:`score_lists`'s summary (``truth_pop_percentile``,
-    ``union_hits@K``, ``matrix_items``). Cost: one anti join of the truth with the matrix, then
-    :func:`score_lists`.
+    ``union_hits@K``, ``matrix_items``). ``merged``: ``recall_merged`` rows with their ``channels``
+    provenance; when given, every other channel's row gets ``merged_sole_hits@K`` (the merged list's hits at
+    K that came from that channel alone, :func:`recsys_batch.evaluation.metrics.merged_sole_hits`; 0 when
+    none) and the ``merged`` row None. Cost: one anti join of the truth with the matrix, then
+    :func:`score_lists` (and one join of the merged rows with the test pairs).
     """
     require_columns(truth, [Col.USER, Col.ITEM], table="truth", where="published evaluation")
     require_columns(matrix, [Col.USER, Col.ITEM], table="user_item_matrix", where="published evaluation")
@@ -234,6 +238,12 @@ def evaluate_published(recs: DataFrame, truth: DataFrame, matrix: DataFrame, ks:
         n_test_users = test_users.count()
         in_matrix = test_users.join(matrix.select(Col.USER).distinct(), on=Col.USER, how="left_semi").count()
         rows, summary = score_lists(recs, test, matrix, ks, channels, overlap_exclude) if n_test_users else ([], {})
+        if merged is not None and rows:
+            sole = {r[CHANNEL]: r.asDict() for r in merged_sole_hits(merged, test, ks).collect()}
+            for row in rows:
+                own = sole.get(row["channel"], {})
+                row.update({f"merged_sole_hits@{k}": None if row["channel"] == MERGED
+                            else int(own.get(f"sole_hits_{k}") or 0) for k in ks})
         train_users = summary.pop("train_users", None)
         catalog = summary.pop("catalog_items", None)
         result = EvaluateResult(
@@ -339,8 +349,13 @@ def run_published(spark: SparkSession, cfg: Config, run_date: date) -> EvaluateR
     matrix = read_table(spark, cfg.warehouse, "user_item_matrix", run_date).drop(Col.DT)
     matrix = matrix.select(Col.USER, Col.ITEM).persist(StorageLevel.MEMORY_AND_DISK)
     recs = recs.persist(StorageLevel.MEMORY_AND_DISK)
+    merged = None
+    if MERGED in found:  # its channels provenance -> merged_sole_hits@K per channel
+        df = read_table(spark, cfg.warehouse, f"{RECALL_PREFIX}{MERGED}", run_date)
+        merged = df.drop(Col.DT) if Col.CHANNELS in df.columns else None
     try:
-        result = evaluate_published(recs, truth, matrix, ks, found, run_date, source, cfg.evaluate.overlap_exclude)
+        result = evaluate_published(recs, truth, matrix, ks, found, run_date, source, cfg.evaluate.overlap_exclude,
+                                    merged=merged)
     finally:
         recs.unpersist()
         matrix.unpersist()

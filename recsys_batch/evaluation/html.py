@@ -159,7 +159,8 @@ def plot_coverage(rows: list[dict], k: int) -> str:
 def _columns(rows: list[dict], ks: list[int]) -> list[str]:
     order = (["channel", "users", "users_with_list", "user_coverage"]
              + [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in ks] + ["mrr"]
-             + [f"{m}@{k}" for m in ("hits", "unique_hits", "coverage", "novelty", "pop_percentile") for k in ks])
+             + [f"{m}@{k}" for m in ("hits", "unique_hits", "merged_sole_hits", "coverage", "novelty", "pop_percentile")
+                for k in ks])
     seen = {key for r in rows for key in r}
     return [c for c in order if c in seen] + sorted(seen - set(order))
 

@@ -6,33 +6,37 @@ the train matrix (user_id, item_id): the users' history the lists were built fro
 test set T_u (|T_u| >= 1) and list L_u (ranks 1..); N(i) = users of item i in the train matrix, U = its
 users, M = its items, n_i = |N(i)| (0 for an item outside M):
 
-=================  ========================================================================================
-recall@K           |L_u[1..K] & T_u| / |T_u|
-hit_rate@K         1 if L_u[1..K] & T_u is not empty else 0
-ndcg@K             DCG@K / IDCG@K, DCG@K = sum_{r <= K, L_u[r] in T_u} 1 / log2(r + 1),
-                   IDCG@K = sum_{r=1}^{min(|T_u|, K)} 1 / log2(r + 1)
-mrr                1 / (rank of the first hit within max(ks)), 0 if none
-users_with_list    test users with at least one entry in the channel's lists (any rank); user_coverage =
-                   users_with_list / test users -- a channel that builds no list for a user scores 0 there,
-                   so a low user_coverage explains a low recall
-coverage@K         catalog coverage: |distinct items of the channel's top K over all its lists| / |C|,
-                   C = M | (items of every evaluated channel's lists within max(ks)); the catalog is every
-                   item the evaluation knows, so a cold item a channel shows (fresh) counts, and
-                   coverage <= 1
-novelty@K          mean over the channel's list entries (u, r <= K) of the self-information
-                   -log2 pop(i), pop(i) = (n_i + 1) / (|U| + 1) (add-one smoothed, so an item outside the
-                   train matrix scores log2(|U| + 1) instead of infinity)
-pop_percentile@K   popularity bias: mean over the channel's list entries (u, r <= K) of
-                   pct(i) = |{j in M : n_j < n_i}| / |M| (share of the matrix items strictly less popular
-                   than i; 0 for an item outside M). Compare with truth_pop_percentile, the same mean
-                   over the test pairs (u, i in T_u): above it, the channel leans to popular items
-hits@K             number of test pairs (u, i) the channel has within its top K (sum over users of
-                   |L_u[1..K] & T_u|)
-unique_hits@K      overlap: hits (u, i) at K that no other channel finds at K (within its own top K);
-                   channels of ``overlap_exclude`` (``merged``, a mix of the others) neither count as
-                   "another channel" nor get the number (None)
-union_hits@K       (per evaluation) distinct test pairs found at K by any channel not excluded
-=================  ========================================================================================
+==================  ========================================================================================
+recall@K            |L_u[1..K] & T_u| / |T_u|
+hit_rate@K          1 if L_u[1..K] & T_u is not empty else 0
+ndcg@K              DCG@K / IDCG@K, DCG@K = sum_{r <= K, L_u[r] in T_u} 1 / log2(r + 1),
+                    IDCG@K = sum_{r=1}^{min(|T_u|, K)} 1 / log2(r + 1)
+mrr                 1 / (rank of the first hit within max(ks)), 0 if none
+users_with_list     test users with at least one entry in the channel's lists (any rank); user_coverage =
+                    users_with_list / test users -- a channel that builds no list for a user scores 0 there,
+                    so a low user_coverage explains a low recall
+coverage@K          catalog coverage: |distinct items of the channel's top K over all its lists| / |C|,
+                    C = M | (items of every evaluated channel's lists within max(ks)); the catalog is every
+                    item the evaluation knows, so a cold item a channel shows (fresh) counts, and
+                    coverage <= 1
+novelty@K           mean over the channel's list entries (u, r <= K) of the self-information
+                    -log2 pop(i), pop(i) = (n_i + 1) / (|U| + 1) (add-one smoothed, so an item outside the
+                    train matrix scores log2(|U| + 1) instead of infinity)
+pop_percentile@K    popularity bias: mean over the channel's list entries (u, r <= K) of
+                    pct(i) = |{j in M : n_j < n_i}| / |M| (share of the matrix items strictly less popular
+                    than i; 0 for an item outside M). Compare with truth_pop_percentile, the same mean
+                    over the test pairs (u, i in T_u): above it, the channel leans to popular items
+hits@K              number of test pairs (u, i) the channel has within its top K (sum over users of
+                    |L_u[1..K] & T_u|)
+unique_hits@K       overlap: hits (u, i) at K that no other channel finds at K (within its own top K);
+                    channels of ``overlap_exclude`` (``merged``, a mix of the others) neither count as
+                    "another channel" nor get the number (None)
+union_hits@K        (per evaluation) distinct test pairs found at K by any channel not excluded
+merged_sole_hits@K  (published mode, per channel c, when ``recall_merged`` has its ``channels``
+                    provenance column) hits (u, i) of the merged list at K whose ``channels`` = [c]: the
+                    merged list holds i only because c's quota list had it. Unlike unique_hits@K (other
+                    channels' top K), this is what c alone contributes to the list that ships
+==================  ========================================================================================
 
 The per-user metrics are averaged over every test user (users with >= 1 test item); a user without a
 list or without a hit counts as zero. Coverage, novelty and popularity use the lists given (the
@@ -86,6 +90,8 @@ METRIC_DEFINITIONS = {
     "unique_hits@K": "hits at K no other channel finds within its top K (channels of evaluate.overlap_exclude, "
                      "e.g. merged, do not take part)",
     "union_hits@K": "distinct test pairs found at K by any channel taking part in the overlap",
+    "merged_sole_hits@K": "hits of recall_merged within its top K whose channels provenance is this channel alone "
+                          "(the merged list holds the item only because this channel's quota list had it)",
 }
 
 
@@ -289,6 +295,25 @@ def hit_overlap(hits: DataFrame, ks: list[int], channels: list[str],
                  F.when(excluded, F.lit(None)).otherwise(F.coalesce(F.col(f"credit_{k}"), F.lit(0.0)))
                   .alias(f"credit_{k}")]
     return out.select(*cols)
+
+
+def merged_sole_hits(merged: DataFrame, test: DataFrame, ks: list[int]) -> DataFrame:
+    """(channel, sole_hits_K for each K): per channel c, the test pairs (u, i) that ``merged``
+    (``recall_merged`` rows: user_id, item_id, rank, channels) has within its top K with channels = [c].
+
+    Pairs with two or more channels in their provenance count for none of them; a channel with no sole hit
+    has no row (the caller reports 0). Cost: the merged rows cut at max K and filtered to one-channel
+    provenance, joined with the distinct test pairs on (user, item), one aggregation on channel.
+    """
+    require_columns(merged, [Col.USER, Col.ITEM, Col.RANK, Col.CHANNELS], table="recall_merged",
+                    where="merged_sole_hits")
+    require_columns(test, [Col.USER, Col.ITEM], table="test items", where="merged_sole_hits")
+    ks = sorted(set(ks))
+    rank = F.col(Col.RANK)
+    sole = (merged.where((rank <= ks[-1]) & (F.size(Col.CHANNELS) == 1))
+            .select(Col.USER, Col.ITEM, rank, F.col(Col.CHANNELS)[0].alias(CHANNEL)))
+    hits = sole.join(test.select(Col.USER, Col.ITEM).distinct(), on=[Col.USER, Col.ITEM])
+    return hits.groupBy(CHANNEL).agg(*[F.count(F.when(rank <= k, 1)).alias(f"sole_hits_{k}") for k in ks])
 
 
 def union_hits(overlap_rows: list[dict], ks: list[int]) -> dict[str, int]:

@@ -18,8 +18,8 @@ class EvaluateResult:
 
     Row keys: ``channel``, ``users`` (test users averaged over), ``users_with_list`` (test users with a list
     in the channel), ``user_coverage`` (their share), ``recall@K``, ``hit_rate@K``, ``ndcg@K``,
-    ``coverage@K``, ``novelty@K``, ``pop_percentile@K``, ``hits@K``, ``unique_hits@K`` for each K of ``ks``,
-    and ``mrr`` (definitions: :data:`recsys_batch.evaluation.metrics.METRIC_DEFINITIONS`). ``extra`` holds
+    ``coverage@K``, ``novelty@K``, ``pop_percentile@K``, ``hits@K``, ``unique_hits@K`` for each K of ``ks``
+    (published mode with a ``recall_merged`` provenance: also ``merged_sole_hits@K``), and ``mrr`` (definitions: :data:`recsys_batch.evaluation.metrics.METRIC_DEFINITIONS`). ``extra`` holds
     per-evaluation numbers (``truth_pop_percentile``, ``union_hits@K``, ``matrix_items``, ...);
     ``catalog_items`` is the catalog of ``coverage@K``. ``split``: the rebuild split, or
     ``published``; ``train_date``: the date of the matrix the lists were built on; ``source``: where lists

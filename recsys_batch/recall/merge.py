@@ -10,7 +10,10 @@ Steps, per user u (config :class:`recsys_batch.config.MergeConfig`):
    rank_c <= quota_c;
 4. fusion, one row per distinct item, ``channels`` = the channels (sorted) whose quota list holds it:
    * ``rrf``: score(u, i) = sum_{c : i in quota list of c} w_c / (k + rank_c(u, i)) (Cormack, Clarke &
-     Buettcher 2009, k = 60, w_c = ``merge.weights`` or 1); ranked by score desc, item_id asc;
+     Buettcher 2009, k = 60); ranked by score desc, item_id asc. w_c: learned each day when
+     ``merge.learn_weights`` (:func:`channel_validation` of D-1's lists on D's positives, then
+     :func:`learned_weights`: w_c = recall_c / max recall, weighted Borda-fuse of Aslam & Montague 2001),
+     else -- and for a channel without validation -- ``merge.weights`` (default: 1, plain RRF);
    * ``snake``: the channels take turns in ``quotas`` order; on its turn a channel gives its best item not
      taken yet (so a duplicate costs no turn); score = 1 / rank;
 5. the top ``merge.top_n`` per user, rank 1..top_n.
@@ -68,9 +71,10 @@ def _conform(df: DataFrame) -> DataFrame:
     return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in RECALL_MERGED.fields])
 
 
-def rrf_fuse(quota_rows: DataFrame, cfg: MergeConfig) -> DataFrame:
-    """RRF over quota rows (user_id, item_id, _channel, _channel_rank): schema ``RECALL_MERGED``, top_n per user."""
-    weights = {c: cfg.weight(c) for c in cfg.quotas}
+def rrf_fuse(quota_rows: DataFrame, cfg: MergeConfig, weights: dict[str, float] | None = None) -> DataFrame:
+    """RRF over quota rows (user_id, item_id, _channel, _channel_rank): schema ``RECALL_MERGED``, top_n per user.
+    ``weights``: {channel: w_c} (default: ``merge.weights``, 1 for a channel not listed)."""
+    weights = {c: float(weights[c]) if weights and c in weights else cfg.weight(c) for c in cfg.quotas}
     contrib = F.element_at(_literal_map(weights), F.col(CHANNEL)) / (F.lit(float(cfg.rrf_k)) + F.col(CHANNEL_RANK))
     fused = (quota_rows.groupBy(Col.USER, Col.ITEM)
              .agg(F.sum(contrib).alias(Col.SCORE), F.sort_array(F.collect_set(CHANNEL)).alias(Col.CHANNELS)))
@@ -124,9 +128,55 @@ def snake_fuse(quota_rows: DataFrame, cfg: MergeConfig) -> DataFrame:
     return _conform(cols.groupBy(Col.USER).applyInPandas(snake, RECALL_MERGED))
 
 
-def merge_recall(lists: dict[str, DataFrame], cfg: MergeConfig, blooms: DataFrame | None = None) -> DataFrame:
+def channel_validation(lists: dict[str, DataFrame], test: DataFrame, k: int) -> DataFrame:
+    """Per channel: how good its list of a past day was, on what users did next -- (channel, users, recall).
+
+    ``lists``: {channel: its ``recall_<channel>`` rows of day P}; ``test``: (user_id, item_id) the positive
+    pairs of day P + 1 not in P's matrix. For channel c, V_c = the test users with a list in c (any
+    rank); users = |V_c| and recall = mean over u in V_c of |L_c(u)[1..k] & T_u| / |T_u| (the published
+    evaluation's recall@k, restricted to the users c speaks for: its weight in the fusion only matters
+    for them). A channel with no test user listed has no row. Cost: one window on (user, channel) over the
+    lists, one join of the top-k rows with the test pairs, a distinct on (channel, user); a few rows
+    reach the driver.
+    """
+    require_columns(test, [Col.USER, Col.ITEM], table="test pairs", where="merge validation")
+    test = test.select(Col.USER, Col.ITEM).distinct()
+    cands = channel_candidates(lists)
+    top = apply_quotas(cands, {c: k for c in lists})
+    n_test = test.groupBy(Col.USER).agg(F.count(F.lit(1)).alias("_n"))
+    listed = cands.select(Col.USER, CHANNEL).distinct().join(n_test, on=Col.USER)
+    hits = top.join(test, on=[Col.USER, Col.ITEM]).groupBy(Col.USER, CHANNEL).agg(F.count(F.lit(1)).alias("_h"))
+    per_user = listed.join(hits, on=[Col.USER, CHANNEL], how="left").select(
+        CHANNEL, (F.coalesce(F.col("_h"), F.lit(0)) / F.col("_n")).alias("_r"))
+    return per_user.groupBy(F.col(CHANNEL).alias("channel")).agg(
+        F.count(F.lit(1)).alias("users"), F.avg("_r").alias("recall"))
+
+
+def learned_weights(recalls: dict[str, tuple[int, float]], cfg: MergeConfig) -> tuple[dict[str, float], dict[str, str]]:
+    """({channel: RRF weight}, {channel: where it came from}) for the channels of ``cfg.quotas``.
+
+    ``recalls``: :func:`channel_validation` as {channel: (users, recall)}. A channel validated on at least
+    ``merge.learn_min_users`` users gets w_c = recall_c / max recall (the best validated channel weighs 1):
+    weights proportional to each system's measured effectiveness, as in weighted Borda-fuse (Aslam &
+    Montague 2001, "Models for metasearch", weights = average precision on training queries) and the
+    weighted linear fusion of Vogt & Cottrell (1999). The others keep ``merge.weights`` (default 1).
+    """
+    ok = {c: r for c, (n, r) in recalls.items() if c in cfg.quotas and n >= cfg.learn_min_users}
+    best = max(ok.values(), default=0.0)
+    weights, source = {}, {}
+    for c in cfg.quotas:
+        if c in ok and best > 0:
+            weights[c], source[c] = ok[c] / best, "validation"
+        else:
+            weights[c], source[c] = cfg.weight(c), "config"
+    return weights, source
+
+
+def merge_recall(lists: dict[str, DataFrame], cfg: MergeConfig, blooms: DataFrame | None = None,
+                 weights: dict[str, float] | None = None) -> DataFrame:
     """``recall_merged`` from the channel lists ``{channel: recall_<channel> rows}`` (module doc); ``blooms``
-    (``exposure_bloom`` rows) drops exposed items when given and ``merge.filter_exposed``."""
+    (``exposure_bloom`` rows) drops exposed items when given and ``merge.filter_exposed``; ``weights``: the
+    RRF weights (:func:`learned_weights`; default ``merge.weights``)."""
     unknown = sorted(set(lists) - set(cfg.quotas))
     if unknown:
         raise RecsysBatchError(f"merge: channel(s) {', '.join(unknown)} have no quota in merge.quotas "
@@ -135,7 +185,8 @@ def merge_recall(lists: dict[str, DataFrame], cfg: MergeConfig, blooms: DataFram
     if blooms is not None and cfg.filter_exposed:
         cands = drop_exposed(cands, blooms)
     rows = apply_quotas(cands, cfg.quotas)
-    return rrf_fuse(rows, cfg) if cfg.method == "rrf" else snake_fuse(rows, cfg)
+    return rrf_fuse(rows, cfg, weights) if cfg.method == "rrf" else snake_fuse(rows, cfg)
 
 
-__all__ = ["apply_quotas", "channel_candidates", "merge_recall", "rrf_fuse", "snake_fuse", "snake_order"]
+__all__ = ["apply_quotas", "channel_candidates", "channel_validation", "learned_weights", "merge_recall", "rrf_fuse",
+           "snake_fuse", "snake_order"]

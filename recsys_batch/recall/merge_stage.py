@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -16,7 +16,7 @@ from recsys_batch.io import fs
 from recsys_batch.io.tables import TableStats, read_range, read_table, replace_partition
 from recsys_batch.matrix import events_partitions
 from recsys_batch.recall.exposure import bloom_metrics, build_exposure_bloom, exposed_items
-from recsys_batch.recall.merge import merge_recall
+from recsys_batch.recall.merge import channel_validation, learned_weights, merge_recall
 from recsys_batch.schemas import Col
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,43 @@ def channel_lists(spark: SparkSession, cfg: Config, run_date: date) -> tuple[dic
     present = {r[0] for r in functools.reduce(DataFrame.unionByName, probes).collect()} if probes else set()
     missing += [f"recall_{c} (no rows for dt={run_date})" for c in tables if c not in present]
     return {c: df for c, df in tables.items() if c in present}, missing
+
+
+def fusion_weights(spark: SparkSession, cfg: Config, run_date: date) -> tuple[dict[str, float], dict[str, Any]]:
+    """(RRF weights, what they came from) for the merge of D (``merge.learn_weights``).
+
+    Validation = the ``recall_<c>`` lists of P = D - 1 scored on the positive events with ts on D (the events
+    partitions D .. D + max_lateness: those ingested by now), minus the pairs of P's ``user_item_matrix``:
+    the published evaluation of P, done here because the evaluate stage of P ran before D's events came.
+    No D - 1 lists or no positive event on D (day 1, a one-batch import): ``merge.weights`` for every
+    channel, said in the log and the metrics JSON.
+    """
+    mc = cfg.merge
+    info: dict[str, Any] = {"weights_from": "config", "validation_date": None, "validation": {}}
+    config_weights = {c: mc.weight(c) for c in mc.quotas}
+    if not mc.learn_weights or mc.method != "rrf":
+        return config_weights, info
+    prev = run_date - timedelta(days=1)
+    lists, _ = channel_lists(spark, cfg, prev)
+    events = read_range(spark, cfg.warehouse, "events", run_date, run_date + timedelta(days=7), required=False)
+    if not lists or events is None:
+        info["why"] = f"no recall_<channel> lists for dt={prev}" if not lists else "no events table"
+        return config_weights, info
+    from recsys_batch.evaluation.evaluate import truth_from_events  # noqa: PLC0415 - evaluation imports recall
+
+    test = truth_from_events(events, cfg.events.weights, prev, 1)
+    matrix = read_table(spark, cfg.warehouse, "user_item_matrix", prev, required=False)
+    if matrix is not None:
+        test = test.join(matrix.select(Col.USER, Col.ITEM), on=[Col.USER, Col.ITEM], how="left_anti")
+    recalls = {r["channel"]: (int(r["users"]), float(r["recall"]))
+               for r in channel_validation(lists, test, mc.learn_k).collect()}
+    weights, source = learned_weights(recalls, mc)
+    info.update(validation_date=prev.isoformat(), learn_k=mc.learn_k,
+                validation={c: {"users": n, f"recall@{mc.learn_k}": r} for c, (n, r) in recalls.items()},
+                weights_from={c: source[c] for c in mc.channels})
+    if not any(v == "validation" for v in source.values()):
+        info["why"] = f"no channel validated on >= merge.learn_min_users ({mc.learn_min_users}) users"
+    return weights, info
 
 
 def run_merge(spark: SparkSession, cfg: Config, run_date: date) -> list[TableStats]:
@@ -73,11 +110,19 @@ def run_merge(spark: SparkSession, cfg: Config, run_date: date) -> list[TableSta
     stats = [replace_partition(build_exposure_bloom(exposed_items(events, run_date, mc), mc), wh, "exposure_bloom",
                                run_date)]
     blooms = read_table(spark, wh, "exposure_bloom", run_date).drop(Col.DT)
-    stats.append(replace_partition(merge_recall(lists, mc, blooms), wh, "recall_merged", run_date))
+    weights, learned = fusion_weights(spark, cfg, run_date)
+    if mc.method == "rrf":
+        log.info("merge %s: RRF weights %s (%s)", run_date,
+                 ", ".join(f"{c} {weights[c]:.3f}" for c in lists),
+                 f"learned on the lists of {learned['validation_date']}" if learned["validation_date"]
+                 else f"merge.weights: {learned.get('why', 'merge.learn_weights is off')}")
+    stats.append(replace_partition(merge_recall(lists, mc, blooms, weights), wh, "recall_merged", run_date))
 
     metrics: dict[str, Any] = {"run_date": run_date.isoformat(), "exposure_days": mc.exposure_days,
                                "exposure_event": mc.exposure_event, **bloom_metrics(blooms),
-                               "channels": list(lists), "skipped_channels": missing}
+                               "channels": list(lists), "skipped_channels": missing,
+                               "rrf_weights": {c: weights[c] for c in lists} if mc.method == "rrf" else None,
+                               **learned}
     log.info("exposure_bloom %s: %s users, %s items, %s bytes; measured false-positive rate %s (%s of %s probes), "
              "expected %s, target p %s", run_date, f"{metrics['users']:,}", f"{metrics['items']:,}",
              f"{metrics['bytes']:,}", _fmt(metrics["measured_fp_rate"]), metrics["false_positives"],

@@ -1,0 +1,119 @@
+"""Offline comparison of fusions of one warehouse date's published channel lists (pandas, no JVM).
+
+    .venv/bin/python benchmarks/fusion.py --warehouse W --date D --truth PARQUET_DIR [--search]
+
+Reads every ``recall_<channel>`` table of dt=D (delta-rs), the truth pairs (a Parquet folder with user_id,
+item_id, e.g. the MovieLens import's ``holdout``) minus D's ``user_item_matrix`` -- the published
+evaluation's test pairs -- and prints Recall@K for each channel and for RRF fusions with the default quotas
+of ``merge.quotas`` (no exposure filter: on the MovieLens import it holds 22 users). The users are split
+into two random halves (seed 0); "learned" weights are measured on one half and scored on the other,
+as the merge stage learns them on D-1's lists and applies them to D's:
+
+* ``RRF w=1``: plain RRF (the fallback of ``merge.learn_weights``);
+* ``RRF w=old hand-set``: the weights the merge used before (picked on MovieLens);
+* ``RRF w=recall@100/best``: :func:`recsys_batch.recall.merge.learned_weights` from the other half;
+* ``--search``: per-channel weights in {0, .1, .25, .5, 1, 2, 4} by coordinate ascent (2 rounds) on
+  Recall@50 + Recall@200 of the other half -- an optimistic ceiling of what reweighting RRF can give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import pandas as pd
+
+from recsys_batch.config import MergeConfig, WarehouseConfig
+from recsys_batch.io.delta_read import read_partition
+from recsys_batch.recall.merge import learned_weights
+
+KS = (20, 50, 100, 200, 500)
+CHANNELS = ("itemcf", "swing", "usercf", "popular", "two_tower", "ease", "item2vec", "als", "hot", "fresh",
+            "author", "similar_author", "geo", "new_users")
+
+
+def load(wh: WarehouseConfig, d: str) -> pd.DataFrame:
+    frames = []
+    for c in CHANNELS:
+        try:
+            t = read_partition(wh, f"recall_{c}", d, columns=["user_id", "item_id", "rank"]).to_pandas()
+        except Exception:  # noqa: BLE001 - no table
+            continue
+        if len(t):
+            frames.append(t.assign(ch=c))
+    lists = pd.concat(frames, ignore_index=True)
+    lists["rank"] = lists.groupby(["user_id", "ch"])["rank"].rank(method="first").astype(int)
+    return lists
+
+
+def rrf(lists: pd.DataFrame, quotas: dict[str, int], weights: dict[str, float], k: float = 60.0,
+        top_n: int = 500) -> pd.DataFrame:
+    q = lists[lists["rank"] <= lists.ch.map(quotas).fillna(0)]
+    s = q.ch.map(weights).fillna(1.0) / (k + q["rank"])
+    f = q.assign(s=s).groupby(["user_id", "item_id"], as_index=False)["s"].sum()
+    f = f.sort_values(["user_id", "s", "item_id"], ascending=[True, False, True])
+    f["rank"] = f.groupby("user_id").cumcount() + 1
+    return f[f["rank"] <= top_n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--warehouse", required=True)
+    p.add_argument("--date", required=True)
+    p.add_argument("--truth", required=True, help="Parquet folder with user_id, item_id")
+    p.add_argument("--search", action="store_true")
+    a = p.parse_args(argv)
+    wh = WarehouseConfig(root=a.warehouse, raw_root=a.warehouse + "/raw")
+    lists = load(wh, a.date)
+    chans = [c for c in CHANNELS if c in set(lists.ch)]
+    matrix = read_partition(wh, "user_item_matrix", a.date, columns=["user_id", "item_id"]).to_pandas()
+    truth = pd.read_parquet(a.truth)[["user_id", "item_id"]].drop_duplicates()
+    test = truth.merge(matrix.assign(_m=1), how="left", on=["user_id", "item_id"])
+    test = test[test._m.isna()]
+    n_test = test.groupby("user_id").size()
+    pairs = set(zip(test.user_id, test.item_id))
+    users = np.array(sorted(n_test.index))
+    np.random.default_rng(0).shuffle(users)
+    halves = [set(users[: len(users) // 2]), set(users[len(users) // 2:])]
+
+    def recall(ranked: pd.DataFrame, users: set, ks=KS) -> dict[int, float]:
+        f = ranked[ranked.user_id.isin(users)]
+        n = n_test[n_test.index.isin(users)]
+        h = f[[(u, i) in pairs for u, i in zip(f.user_id, f.item_id)]]
+        return {k: float((h[h["rank"] <= k].groupby("user_id").size() / n).reindex(n.index).fillna(0).mean())
+                for k in ks}
+
+    cfg = MergeConfig(learn_min_users=1)
+    quotas = cfg.quotas
+    print(f"{len(n_test)} test users; channels {', '.join(chans)}; quotas {quotas}; rrf_k {cfg.rrf_k}")
+    print(f"{'list':42s} {'users':>6s} " + " ".join(f"{'R@' + str(k):>7s}" for k in KS))
+    for fit, ev in ((0, 1), (1, 0)):
+        rows = [(c, lists[lists.ch == c]) for c in chans]
+        val = {c: (len(halves[fit]), recall(lists[lists.ch == c], halves[fit], (100,))[100]) for c in chans}
+        learned, _ = learned_weights(val, cfg)
+        rows += [("RRF w=1", rrf(lists, quotas, {})),
+                 ("RRF w=old hand-set (popular .3, swing .5)", rrf(lists, quotas, {"popular": 0.3, "swing": 0.5})),
+                 ("RRF w=recall@100/best", rrf(lists, quotas, learned))]
+        if a.search:
+            w = {c: 1.0 for c in chans}
+            obj = lambda r: r[50] + r[200]  # noqa: E731
+            best = obj(recall(rrf(lists, quotas, w), halves[fit], (50, 200)))
+            for _ in range(2):
+                for c in chans:
+                    for v in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0):
+                        w2 = {**w, c: v}
+                        o = obj(recall(rrf(lists, quotas, w2), halves[fit], (50, 200)))
+                        if o > best + 1e-12:
+                            best, w = o, w2
+            rows.append(("RRF w=searched", rrf(lists, quotas, w)))
+            print(f"searched on half {fit}: {w}")
+        print(f"weights learned on half {fit}: " + ", ".join(f"{c} {learned[c]:.3f}" for c in chans))
+        for name, ranked in rows:
+            r = recall(ranked, halves[ev])
+            print(f"{name:42s} {len(halves[ev]):6d} " + " ".join(f"{r[k]:7.4f}" for k in KS), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
