@@ -67,16 +67,21 @@ class RankingShape:
         return RankingShape(**d)
 
 
-def shape_for(user_layout, item_layout, rc, kind: str | None = None) -> RankingShape:  # noqa: ANN001
-    """The shape of a model on these layouts (``TowerLayout``) with ``rc`` (``RankingConfig``)."""
+def shape_for(user_layout, item_layout, rc, kind: str | None = None,  # noqa: ANN001
+              pairs: tuple[tuple[str, int, str, int], ...] | None = None) -> RankingShape:
+    """The shape of a model on these layouts (``TowerLayout``) with ``rc`` (``RankingConfig``); ``pairs``: the
+    value-match slots when the caller has resolved them (:func:`resolve_pairs`; resolved here otherwise)."""
+    if kind == "lr":
+        pairs = ()
+    elif pairs is None:
+        pairs = resolve_pairs(user_layout, item_layout, rc.match_pairs)[0]
     def ts(lay, has_seq: bool) -> TowerShape:  # noqa: ANN001
         return TowerShape(lay.id_feature.size, lay.fused_size, lay.n_cat, len(lay.lists), lay.n_dense, has_seq)
 
     return RankingShape(ts(user_layout, user_layout.seq is not None), ts(item_layout, False), kind or rc.multitask,
                         rc.id_embedding_dim, rc.feature_embedding_dim, rc.cross_layers, rc.cross_rank,
                         tuple(rc.din_hidden_dims), rc.num_experts, tuple(rc.expert_dims), rc.ple_shared_experts,
-                        rc.ple_task_experts, rc.ple_levels, tuple(rc.tower_dims), seq_cross=rc.seq_cross,
-                        pairs=resolve_pairs(user_layout, item_layout, rc.match_pairs)[0] if kind != "lr" else ())
+                        rc.ple_task_experts, rc.ple_levels, tuple(rc.tower_dims), seq_cross=rc.seq_cross, pairs=pairs)
 
 
 class RankingModel(nn.Module):
@@ -146,10 +151,11 @@ def build(shape: RankingShape, dropout: float = 0.0) -> nn.Module:
 
 
 def build_for(user_layout, item_layout, rc, kind: str | None = None, dropout: float = 0.0) -> nn.Module:  # noqa: ANN001
-    """A fresh model of :func:`shape_for` with its value-match lookups set for these layouts."""
-    model = build(shape_for(user_layout, item_layout, rc, kind), dropout)
+    """A fresh model of :func:`shape_for` with its value-match lookups set for these layouts (resolved once)."""
+    slots, lookups = resolve_pairs(user_layout, item_layout, rc.match_pairs) if kind != "lr" else ((), [])
+    model = build(shape_for(user_layout, item_layout, rc, kind, pairs=slots), dropout)
     if isinstance(model, RankingModel):
-        model.inputs.set_lookups(resolve_pairs(user_layout, item_layout, rc.match_pairs)[1])
+        model.inputs.set_lookups(lookups)
     return model
 
 

@@ -221,10 +221,11 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
             train_cut = cutoff
         elif prev is None and rc.fresh_min_steps:
             n = fresh_epochs(count_rows(files, train_cut, "train"), rc, world)
+    stop_rows = val if early else None  # early stopping's rows (val may be the calibration rows alone)
     if n != rc.epochs:
         log.info("train_ranking %s: no checkpoint: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date, n,
-                 rc.fresh_min_steps, f", early stopping on {val.num_rows:,} rows after {train_cut}"
-                 if early and val is not None else "")
+                 rc.fresh_min_steps, f", early stopping on {stop_rows.num_rows:,} rows after {train_cut}"
+                 if stop_rows is not None else "")
         rc = rc.model_copy(update={"epochs": n})
     units = list_units(files)
 
@@ -234,7 +235,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
 
     on_step, bar = _progress(rc, sum(u.rows for u in units), rank)
     try:
-        stopper = EarlyStopping(model, val, ul, il, rc) if early and val is not None else None
+        stopper = EarlyStopping(model, stop_rows, ul, il, rc) if stop_rows is not None else None
         res = train_ranking(model, stream(), rc, on_step, fresh=prev is None, on_epoch=stopper)
         if stopper is not None:
             stopper.restore(f"train_ranking {run_date}")
@@ -248,7 +249,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     if rc.baseline:
         seed_everything(rc.seed + 1)
         lr = build_for(ul, il, rc, kind="lr")
-        stop_lr = EarlyStopping(lr, val, ul, il, rc) if early and val is not None else None
+        stop_lr = EarlyStopping(lr, stop_rows, ul, il, rc) if stop_rows is not None else None
         base = train_ranking(lr, stream(), rc, fresh=True, learning_rate=rc.baseline_learning_rate, on_epoch=stop_lr)
         if stop_lr is not None:
             stop_lr.restore(f"train_ranking {run_date} (baseline)")
