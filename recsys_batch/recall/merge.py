@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 
 from recsys_batch.config import MergeConfig
 from recsys_batch.errors import RecsysBatchError
+from recsys_batch.evaluation.metrics import CHANNEL as EVAL_CHANNEL, per_user_metrics, recall_col
 from recsys_batch.io.tables import require_columns
 from recsys_batch.recall.exposure import drop_exposed
 from recsys_batch.schemas import RECALL_MERGED, Col
@@ -134,22 +135,17 @@ def channel_validation(lists: dict[str, DataFrame], test: DataFrame, k: int) -> 
     ``lists``: {channel: its ``recall_<channel>`` rows of day P}; ``test``: (user_id, item_id) the positive
     pairs of day P + 1 not in P's matrix. For channel c, V_c = the test users with a list in c (any
     rank); users = |V_c| and recall = mean over u in V_c of |L_c(u)[1..k] & T_u| / |T_u| (the published
-    evaluation's recall@k, restricted to the users c speaks for: its weight in the fusion only matters
-    for them). A channel with no test user listed has no row. Cost: one window on (user, channel) over the
-    lists, one join of the top-k rows with the test pairs, a distinct on (channel, user); a few rows
+    evaluation's recall@k, :func:`recsys_batch.evaluation.metrics.per_user_metrics`, restricted to the users c
+    speaks for: its weight in the fusion only matters for them). A channel with no test user listed has no row.
+    Cost: that of ``per_user_metrics`` on the union of the lists, then one aggregation on channel; a few rows
     reach the driver.
     """
     require_columns(test, [Col.USER, Col.ITEM], table="test pairs", where="merge validation")
-    test = test.select(Col.USER, Col.ITEM).distinct()
-    cands = channel_candidates(lists)
-    top = apply_quotas(cands, {c: k for c in lists})
-    n_test = test.groupBy(Col.USER).agg(F.count(F.lit(1)).alias("_n"))
-    listed = cands.select(Col.USER, CHANNEL).distinct().join(n_test, on=Col.USER)
-    hits = top.join(test, on=[Col.USER, Col.ITEM]).groupBy(Col.USER, CHANNEL).agg(F.count(F.lit(1)).alias("_h"))
-    per_user = listed.join(hits, on=[Col.USER, CHANNEL], how="left").select(
-        CHANNEL, (F.coalesce(F.col("_h"), F.lit(0)) / F.col("_n")).alias("_r"))
-    return per_user.groupBy(F.col(CHANNEL).alias("channel")).agg(
-        F.count(F.lit(1)).alias("users"), F.avg("_r").alias("recall"))
+    recs = channel_candidates(lists).select(F.col(CHANNEL).alias(EVAL_CHANNEL), Col.USER, Col.ITEM,
+                                            F.col(CHANNEL_RANK).alias(Col.RANK))
+    per_user = per_user_metrics(recs, test, [k], list(lists))
+    return per_user.where(F.col("has_list") > 0).groupBy(EVAL_CHANNEL).agg(
+        F.count(F.lit(1)).alias("users"), F.avg(recall_col(k)).alias("recall"))
 
 
 def learned_weights(recalls: dict[str, tuple[int, float]], cfg: MergeConfig) -> tuple[dict[str, float], dict[str, str]]:
