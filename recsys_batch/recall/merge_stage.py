@@ -47,7 +47,7 @@ def fusion_weights(spark: SparkSession, cfg: Config, run_date: date) -> tuple[di
     """(RRF weights, what they came from) for the merge of D (``merge.learn_weights``).
 
     Validation = the ``recall_<c>`` lists of P = D - 1 scored on the positive events with ts on D (the events
-    partitions D .. D + max_lateness: those ingested by now), minus the pairs of P's ``user_item_matrix``:
+    partition D: never a later batch, so the merge of D is reproducible), minus the pairs of P's ``user_item_matrix``:
     the published evaluation of P, done here because the evaluate stage of P ran before D's events came.
     No D - 1 lists or no positive event on D (day 1, a one-batch import): ``merge.weights`` for every
     channel, said in the log and the metrics JSON.
@@ -59,7 +59,9 @@ def fusion_weights(spark: SparkSession, cfg: Config, run_date: date) -> tuple[di
         return config_weights, info
     prev = run_date - timedelta(days=1)
     lists, _ = channel_lists(spark, cfg, prev)
-    events = read_range(spark, cfg.warehouse, "events", run_date, run_date + timedelta(days=7), required=False)
+    # D's own events partition only: batches after D are never read by D's stages, so re-running D's merge after
+    # later days were ingested gives the same weights (late events of D in later batches are left out)
+    events = read_range(spark, cfg.warehouse, "events", run_date, run_date, required=False)
     if not lists or events is None:
         info["why"] = f"no recall_<channel> lists for dt={prev}" if not lists else "no events table"
         return config_weights, info
