@@ -20,6 +20,9 @@ class Stage:
     outputs: tuple[str, ...] = ()
     #: stages that must have succeeded for the *previous* date (point-in-time joins of D - 1)
     prev_day: tuple[str, ...] = ()
+    #: stages whose *previous*-date output the stage reads when it is there (never required): in its lineage,
+    #: so re-running one of them for D - 1 after this stage ran for D makes this run stale
+    reads_prev_day: tuple[str, ...] = ()
     spark: bool = True
     doc: str = ""
     #: entry point under jobs/ (spark-submit for Spark stages, plain python otherwise)
@@ -108,6 +111,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "merge", "recsys_batch.recall.merge_stage:run_merge", upstream=("recall", "recall_rules", "latent", "index"),
+        reads_prev_day=("matrix", "recall", "recall_rules", "latent", "index"),  # learned RRF weights of D
         outputs=("recall_merged", "exposure_bloom"),
         doc="per-user Bloom filter of the items shown in the exposure window; the channel lists merged with "
             "per-channel quotas (RRF or snake), exposed items dropped",
@@ -123,6 +127,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "publish", "recsys_batch.publish.release:run_publish", upstream=("evaluate", "train_ranking"), spark=False,
+        reads_prev_day=("recall",),  # the gate's leak-free ItemCF / popular baselines of D - 1
         doc="gate the new two-tower (refused below popular on the held-out hours, below yesterday's model beyond "
             "the tolerance, or on fewer than publish.gate_min_users users), then publish one atomic, versioned "
             "release with the recall tables and the newest ranking model its own gate accepted",
@@ -142,15 +147,15 @@ def get_stage(name: str) -> Stage:
 def lineage(name: str) -> tuple[tuple[str, int], ...]:
     """Every stage whose output ``name`` reads, directly or through its upstream stages, as
     ``(stage, day offset)``: ``("ingest", 0)`` is ingest of the same date, ``("matrix", -1)`` matrix of
-    the day before (a ``prev_day`` edge). Sorted by pipeline order, then offset. The run records use it
-    to tell whether a stage's output is stale: built before one of these rewrote a table it reads."""
+    the day before (a ``prev_day`` or ``reads_prev_day`` edge). Sorted by pipeline order, then offset. The run
+    records use it to tell whether a stage's output is stale: built before one of these rewrote a table it reads."""
     order = {s.name: i for i, s in enumerate(STAGES)}
     seen: set[tuple[str, int]] = set()
     todo = [(name, 0)]
     while todo:
         cur, off = todo.pop()
         st = get_stage(cur)
-        for nxt in [(u, off) for u in st.upstream] + [(p, off - 1) for p in st.prev_day]:
+        for nxt in [(u, off) for u in st.upstream] + [(p, off - 1) for p in st.prev_day + st.reads_prev_day]:
             if nxt not in seen:
                 seen.add(nxt)
                 todo.append(nxt)

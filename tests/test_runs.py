@@ -172,6 +172,30 @@ def test_run_log_folds_rows_and_marks_killed_and_stale_runs(make_cfg):
     assert view[1]["end_ts"] is None and json.loads(view[1]["output_versions"]) == {"events": 7, "rejected_events": 6}
 
 
+def test_rerunning_yesterdays_recall_makes_todays_merge_stale_but_is_never_required(make_cfg):
+    """merge of D learns its RRF weights from the lists of D - 1 (when there are some): a later re-run of
+    recall for D - 1 makes D's merge stale, and D - 1's lists are not a prerequisite of D's merge."""
+    from recsys_batch.pipeline import lineage
+    from recsys_batch.runner import missing_upstream
+    from recsys_batch.runs import STALE, RunLog
+
+    assert {("recall", -1), ("matrix", -1), ("latent", -1), ("index", -1)} <= set(lineage("merge"))
+    assert ("recall", -1) in lineage("publish")
+    cfg = make_cfg()
+    _record(cfg, "recall", D1, {}, {"recall_itemcf": 0})
+    _record(cfg, "recall", D2, {}, {"recall_itemcf": 1})
+    for stage in ("recall_rules", "latent", "index"):
+        _record(cfg, stage, D2, {}, {})
+    _record(cfg, "merge", D2, {"recall_itemcf": 1}, {"recall_merged": 0})
+    assert RunLog.read(cfg.warehouse).state("merge", D2).state == "success"
+    _record(cfg, "recall", D1, {}, {"recall_itemcf": 2})  # yesterday's lists rebuilt after today's merge
+    st = RunLog.read(cfg.warehouse).state("merge", D2)
+    assert st.state == STALE and st.reasons == [
+        "recall_itemcf dt=2026-11-19 rewritten by recall (v2) after this run read v1"]
+    _record(cfg, "recall", D1, {}, {}, end="failed")  # a failed D - 1 recall does not block D's merge
+    assert missing_upstream("merge", cfg.warehouse, D2) == []
+
+
 def test_start_without_end_on_another_host_is_running_then_killed_past_the_timeout(make_cfg):
     from datetime import datetime, timedelta, timezone
 
