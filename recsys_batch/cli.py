@@ -223,14 +223,17 @@ def render_metrics(res: Any, title: str = "") -> None:
     else:
         head = f"{title} rebuild split={res.split} train<= {res.train_date} test users={res.test_users:,}"
     t = Table(title=f"{head} catalog={res.catalog_items:,}")
-    # all of them are in the JSON and the HTML report; here: recall and NDCG at every K, MRR, and at the
-    # largest K catalog coverage, popularity percentile and unique hits; users_with_list / users as "lists"
+    # all of them are in the JSON and the HTML report; here: recall at every K, NDCG at the smallest and the
+    # largest K, MRR, and at the largest K catalog coverage, popularity percentile, unique hits (and merged hits
+    # from one channel alone); users_with_list / users as "lists". Four Ks and m-solo fit in 150 columns
     top = max(res.ks) if res.ks else None
     sole = top is not None and any(f"merged_sole_hits@{top}" in r for r in res.rows)
-    cols = (["channel", "lists"] + [c for c in res.columns if c.startswith(("recall@", "ndcg@"))] + ["mrr"]
+    ndcg_ks = sorted({min(res.ks), top}) if res.ks else []
+    cols = (["channel", "lists"] + [c for c in res.columns if c.startswith("recall@")]
+            + [f"ndcg@{k}" for k in ndcg_ks if f"ndcg@{k}" in res.columns] + ["mrr"]
             + [f"{m}@{top}" for m in ("coverage", "pop_percentile", "unique_hits") if top is not None]
             + ([f"merged_sole_hits@{top}"] if sole else []))
-    short = {"coverage": "cov", "pop_percentile": "pop%", "unique_hits": "uniq",   # the table fits 160 columns
+    short = {"recall": "R", "ndcg": "NDCG", "coverage": "cov", "pop_percentile": "pop%", "unique_hits": "uniq",
              "merged_sole_hits": "m-solo"}
     for c in cols:
         name, _, k = c.partition("@")
@@ -243,7 +246,7 @@ def render_metrics(res: Any, title: str = "") -> None:
     console.print(t)
     truth_pct = res.extra.get("truth_pop_percentile")
     if top is not None and res.rows:
-        console.print(f"cov = catalog coverage, pop% = mean popularity percentile of the items (held-out truth: "
+        console.print(f"R = recall, cov = catalog coverage, pop% = mean popularity percentile of the items (held-out truth: "
                       f"{'-' if truth_pct is None else f'{truth_pct:.4f}'}; above it a list leans to popular items), "
                       f"uniq = hits no other channel has at K"
                       + (", m-solo = hits of recall_merged at K that came from this channel alone" if sole else "")
