@@ -326,3 +326,33 @@ def test_prepare_demo_root_cases(tmp_path, monkeypatch):
         with pytest.raises(RecsysBatchError, match="refuses to delete"):
             prepare_demo_root(root, fresh=True, yes=True)
     assert a_file.read_text() == "x" and (tmp_path / "sub").is_dir()
+
+
+def test_evaluation_table_fits_150_columns_with_four_ks_and_merged_sole_hits(monkeypatch):
+    """The demo's table (4 Ks, 14 channels, m-solo) in a wide console: recall at every K, NDCG at the
+    smallest and largest K; the rest is in the JSON and the HTML report."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import recsys_batch.cli as cli
+
+    ks = [50, 100, 200, 500]
+    rows = []
+    for ch in ("similar_author", "merged"):
+        r = {"channel": ch, "users_with_list": 853, "users": 934, "mrr": 0.1234}
+        for k in ks:
+            r |= {f"recall@{k}": 0.4123, f"ndcg@{k}": 0.2345, f"hit_rate@{k}": 0.5, f"coverage@{k}": 0.1234,
+                  f"pop_percentile@{k}": 0.8123, f"unique_hits@{k}": 1234, f"merged_sole_hits@{k}": 234}
+        rows.append(r)
+    res = SimpleNamespace(mode="published", skipped=None, extra={"test_users_in_matrix": 853},
+                          train_date="2026-12-02", source="events 2026-12-03", test_users=934, catalog_items=5000,
+                          ks=ks, rows=rows, columns=list(rows[0]), run_date="2026-12-02", path=None)
+    console = Console(width=400, record=True)
+    monkeypatch.setattr(cli, "console", console)
+    cli.render_metrics(res, "evaluate")
+    lines = [ln.rstrip() for ln in console.export_text().splitlines() if "┃" in ln or "│" in ln]
+    header = " ".join(lines[0].replace("┃", " ").split())
+    assert header == ("channel lists R@50 R@100 R@200 R@500 NDCG@50 NDCG@500 mrr cov@500 pop%@500 uniq@500 "
+                      "m-solo@500")
+    assert max(len(ln) for ln in lines) <= 150
