@@ -13,7 +13,14 @@ as the merge stage learns them on D-1's lists and applies them to D's:
 * ``RRF w=old hand-set``: the weights the merge used before (picked on MovieLens);
 * ``RRF w=recall@100/best``: :func:`recsys_batch.recall.merge.learned_weights` from the other half;
 * ``--search``: per-channel weights in {0, .1, .25, .5, 1, 2, 4} by coordinate ascent (2 rounds) on
-  Recall@50 + Recall@200 of the other half -- an optimistic ceiling of what reweighting RRF can give.
+  Recall@50 + Recall@200 of the other half -- an optimistic ceiling of what reweighting RRF can give;
+* ``--learned-ceiling``: a LightGBM scorer (binary log loss, and LambdaRank) over the whole union of the
+  channel lists (no quotas), fitted on one half's held-out truth and scored on the other half. Features per
+  (user, item): per channel 1 / (60 + rank) and log rank (absent: rank 1,000) and score / the user's best score
+  in that channel, the number of channels, log item popularity and log user activity in the matrix. Labels
+  from the truth itself, of the same users' distribution: an upper bound of any learned fusion (a pre-ranker
+  over the union) of these lists, which a daily pipeline would fit on D - 1's lists and D's positives.
+  Needs ``pip install -e ".[bench]"``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ def load(wh: WarehouseConfig, d: str) -> pd.DataFrame:
     frames = []
     for c in CHANNELS:
         try:
-            t = read_partition(wh, f"recall_{c}", d, columns=["user_id", "item_id", "rank"]).to_pandas()
+            t = read_partition(wh, f"recall_{c}", d, columns=["user_id", "item_id", "score", "rank"]).to_pandas()
         except Exception:  # noqa: BLE001 - no table
             continue
         if len(t):
@@ -57,12 +64,52 @@ def rrf(lists: pd.DataFrame, quotas: dict[str, int], weights: dict[str, float], 
     return f[f["rank"] <= top_n]
 
 
+def union_features(lists: pd.DataFrame, chans: list[str], matrix: pd.DataFrame, pairs: set) -> pd.DataFrame:
+    """One row per (user, item) of the union of the lists: the features of ``--learned-ceiling`` and y."""
+    rank = lists.pivot_table(index=["user_id", "item_id"], columns="ch", values="rank", aggfunc="min")
+    best = lists.groupby(["user_id", "ch"])["score"].transform("max")
+    norm = lists.assign(s=lists["score"] / best.where(best != 0, 1.0)).pivot_table(
+        index=["user_id", "item_id"], columns="ch", values="s", aggfunc="max")
+    x = pd.DataFrame(index=rank.index)
+    for c in chans:
+        x[f"rr_{c}"] = (1.0 / (60.0 + rank[c])).fillna(0.0)
+        x[f"logrank_{c}"] = np.log(rank[c]).fillna(np.log(1000.0))
+        x[f"norm_{c}"] = norm[c].fillna(0.0)
+    x["channels"] = rank.notna().sum(axis=1)
+    x = x.reset_index()
+    x["item_pop"] = np.log1p(x.item_id.map(matrix.groupby("item_id").size()).fillna(0.0))
+    x["user_act"] = np.log1p(x.user_id.map(matrix.groupby("user_id").size()).fillna(0.0))
+    x["y"] = [float((u, i) in pairs) for u, i in zip(x.user_id, x.item_id)]
+    return x
+
+
+def learned_ceiling(lists: pd.DataFrame, chans: list[str], matrix: pd.DataFrame, pairs: set,
+                    fit_users: set) -> list[tuple[str, pd.DataFrame]]:
+    import lightgbm as lgb  # noqa: PLC0415 - bench extra
+
+    x = union_features(lists, chans, matrix, pairs)
+    feats = [c for c in x.columns if c not in ("user_id", "item_id", "y")]
+    train = x[x.user_id.isin(fit_users)].sort_values("user_id")
+    out = []
+    for objective in ("binary", "lambdarank"):
+        group = train.groupby("user_id", sort=True).size().to_numpy() if objective == "lambdarank" else None
+        params = {"objective": objective, "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 50,
+                  "seed": 0, "deterministic": True, "num_threads": 2, "verbose": -1}
+        model = lgb.train(params, lgb.Dataset(train[feats], train["y"], group=group), num_boost_round=300)
+        f = x[["user_id", "item_id"]].assign(s=model.predict(x[feats]))
+        f = f.sort_values(["user_id", "s", "item_id"], ascending=[True, False, True])
+        f["rank"] = f.groupby("user_id").cumcount() + 1
+        out.append((f"LightGBM {objective} over the union (ceiling)", f[f["rank"] <= max(KS)]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--warehouse", required=True)
     p.add_argument("--date", required=True)
     p.add_argument("--truth", required=True, help="Parquet folder with user_id, item_id")
     p.add_argument("--search", action="store_true")
+    p.add_argument("--learned-ceiling", action="store_true")
     a = p.parse_args(argv)
     wh = WarehouseConfig(root=a.warehouse, raw_root=a.warehouse + "/raw")
     lists = load(wh, a.date)
@@ -87,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = MergeConfig(learn_min_users=1)
     quotas = cfg.quotas
     print(f"{len(n_test)} test users; channels {', '.join(chans)}; quotas {quotas}; rrf_k {cfg.rrf_k}")
-    print(f"{'list':42s} {'users':>6s} " + " ".join(f"{'R@' + str(k):>7s}" for k in KS))
+    print(f"{'list':46s} {'users':>6s} " + " ".join(f"{'R@' + str(k):>7s}" for k in KS))
     for fit, ev in ((0, 1), (1, 0)):
         rows = [(c, lists[lists.ch == c]) for c in chans]
         val = {c: (len(halves[fit]), recall(lists[lists.ch == c], halves[fit], (100,))[100]) for c in chans}
@@ -108,10 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                             best, w = o, w2
             rows.append(("RRF w=searched", rrf(lists, quotas, w)))
             print(f"searched on half {fit}: {w}")
+        if a.learned_ceiling:
+            rows.append(("RRF w=1 over the union (no quotas)", rrf(lists, {c: 10**6 for c in chans}, {})))
+            rows += learned_ceiling(lists, chans, matrix, pairs, halves[fit])
         print(f"weights learned on half {fit}: " + ", ".join(f"{c} {learned[c]:.3f}" for c in chans))
         for name, ranked in rows:
             r = recall(ranked, halves[ev])
-            print(f"{name:42s} {len(halves[ev]):6d} " + " ".join(f"{r[k]:7.4f}" for k in KS), flush=True)
+            print(f"{name:46s} {len(halves[ev]):6d} " + " ".join(f"{r[k]:7.4f}" for k in KS), flush=True)
     return 0
 
 
