@@ -7,7 +7,7 @@ machine drifts by 10-20 % between processes. Synthetic spec with 40 noise numeri
 Each argument is a JSON dict of ``RankingConfig`` fields; ``"_old": true`` puts back the first pass's
 per-expert MMoE forward and ``nn.Embedding`` (to measure what the one-matmul MMoE and the index_add embedding
 backward save); ``"_old_din": true`` the DIN first layer as three matmuls and two [B, L, h] adds (before the
-per-row baddbmm).
+per-row baddbmm); ``"_old_towers": true`` the task towers one at a time (before the batched towers).
 """
 import json
 import resource
@@ -57,6 +57,7 @@ import recsys_batch.ranking.inputs as _inputs_mod
 for v in variants:
     v = dict(v)
     old = v.pop("_old", False)
+    old_towers = v.pop("_old_towers", False)
     _inputs_mod.DINAttention = _OldDIN if v.pop("_old_din", False) else _DIN
     _inp.Embedding = torch.nn.Embedding if old else _Fast
     _model.MMoE = _OldMMoE if old else _ex.MMoE
@@ -64,6 +65,9 @@ for v in variants:
     ul, il = layouts_for_spec(spec, t.column_names, rc)
     torch.manual_seed(0)
     model = build_for(ul, il, rc, dropout=rc.dropout)
+    if old_towers:  # one tower at a time (before the batched towers)
+        model._towers_batched = lambda h, m=model: torch.stack(
+            [tower(h[t]).squeeze(-1) for t, tower in enumerate(m.towers)], 1)
     part = t.slice(0, 2048)
     u = {k: torch.from_numpy(x) for k, x in ul.encode(part).items()}
     i = {k: torch.from_numpy(x) for k, x in il.encode(part).items()}

@@ -3,6 +3,7 @@ hand-computed values, warm start with a grown vocabulary, the stage, the gate, e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -718,3 +719,15 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(two_da
     assert stop(2) is True  # no improvement for 1 epoch: stop
     stop.restore("test")
     assert model.weight.tolist() == [[2.0, 2.0]] and stop.losses == [1.0, 0.8, 0.9]
+
+
+def test_batched_towers_equal_one_tower_at_a_time_with_the_same_gradients():
+    for dims in ([8], [8, 4]):
+        model = RankingModel(dataclasses.replace(_shape("mmoe", True), tower_dims=tuple(dims)))
+        h = torch.randn(len(model.towers), 5, model.experts.out_dim, requires_grad=True)
+        got = model._towers_batched(h)
+        want = torch.stack([tower(h[t]).squeeze(-1) for t, tower in enumerate(model.towers)], 1)
+        assert got.shape == (5, len(model.towers)) and torch.allclose(got, want, atol=1e-6)
+        g1 = torch.autograd.grad(got.sum(), [h, model.towers[2][0][0].weight])
+        g2 = torch.autograd.grad(want.sum(), [h, model.towers[2][0][0].weight])
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))

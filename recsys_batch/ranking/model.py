@@ -109,10 +109,31 @@ class RankingModel(nn.Module):
                 i_dense: torch.Tensor) -> torch.Tensor:
         x = self.cross(self.inputs(u_ids, u_cat, u_lists, u_dense, seq, i_ids, i_cat, i_lists, i_dense))
         h = self.experts(x)
-        outs: list[torch.Tensor] = []
+        if not torch.jit.is_scripting():
+            return self._towers_batched(h)
+        outs: list[torch.Tensor] = []  # TorchScript (serving): one tower at a time, the same values
         for t, tower in enumerate(self.towers):
             outs.append(tower(h[t]).squeeze(-1))
         return torch.stack(outs, 1)
+
+    @torch.jit.unused
+    def _towers_batched(self, h: torch.Tensor) -> torch.Tensor:
+        """Every task tower at once: per layer the towers' weights stacked, ``[T, B, d] x [T, d, h]`` as one
+        baddbmm, ReLU and dropout once on ``[T, B, h]`` (independent masks, as per tower). The values of one
+        tower at a time; the parameters and the state dict stay one module per tower (warm starts and
+        checkpoints unchanged). Training at batch 2,048 with 6 tasks: 7 dropout calls and 12 matmuls per
+        step become 2 and 2 (each dropout call draws its mask element by element)."""
+        y = h
+        for layers in zip(*[tower[0] for tower in self.towers]):
+            if isinstance(layers[0], nn.Linear):
+                w = torch.stack([m.weight for m in layers])  # [T, out, in]
+                b = torch.stack([m.bias for m in layers])  # [T, out]
+                y = torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2))
+            else:  # ReLU / Dropout: elementwise
+                y = layers[0](y)
+        w = torch.stack([tower[1].weight for tower in self.towers])  # [T, 1, w]
+        b = torch.stack([tower[1].bias for tower in self.towers])  # [T, 1]
+        return torch.baddbmm(b.unsqueeze(1), y, w.transpose(1, 2)).squeeze(-1).transpose(0, 1)  # [B, T]
 
 
 class LogisticBaseline(nn.Module):
