@@ -731,3 +731,22 @@ def test_batched_towers_equal_one_tower_at_a_time_with_the_same_gradients():
         g1 = torch.autograd.grad(got.sum(), [h, model.towers[2][0][0].weight])
         g2 = torch.autograd.grad(want.sum(), [h, model.towers[2][0][0].weight])
         assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_ple_first_level_batched_form_equals_the_per_expert_loop():
+    from recsys_batch.ranking.experts import PLE
+
+    for dims, levels in (([8], 1), ([8, 4], 1), ([8], 2)):
+        ple = PLE(12, n_tasks=3, n_shared=2, n_task=2, expert_dims=dims, levels=levels)
+        x = torch.randn(6, 12, requires_grad=True)
+        fast = ple(x)
+        for lvl in ple.levels:
+            lvl.first = False
+        slow = ple(x)
+        assert fast.shape == (3, 6, ple.out_dim) and torch.allclose(fast, slow, atol=1e-6)
+        g_fast = torch.autograd.grad(fast.sum(), [x, ple.levels[0].gates[1].weight])
+        g_slow = torch.autograd.grad(slow.sum(), [x, ple.levels[0].gates[1].weight])
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_fast, g_slow))
+        for lvl in ple.levels:
+            lvl.first = lvl is ple.levels[0]
+        assert torch.allclose(torch.jit.script(ple)(x), slow, atol=1e-6)
