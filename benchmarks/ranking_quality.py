@@ -3,7 +3,7 @@ synthetic data with planted per-task preferences (:mod:`recsys_batch.ranking.syn
 fresh model, then a warm start; several seeds.
 
     .venv/bin/python benchmarks/ranking_quality.py [--root /tmp/ranking_quality] [--seeds 0 1 2]
-                                                   [--users 2000] [--set ranking.multitask=ple ...]
+                                                   [--users 2000] [--set ranking.multitask=mmoe ...]
 
 2,000 users, 1,000 items, 8 clusters, ~30 impressions per user-day (alpha 0.5: ~50k kept rows a day), default
 ``RankingConfig`` except ``num_workers 0``; prints the stage's per-task table (held-out last 4 h of each day)

@@ -761,7 +761,7 @@ class RankingConfig(_Model):
     #: x0 += one value match per (user feature, item feature) pair present in the spec (1 = shared value)
     match_pairs: list[tuple[str, str]] = Field(default_factory=lambda: [("u_top_categories", "i_category")])
     #: mmoe (Ma et al. 2018) | ple (Tang et al. 2020, progressive layered extraction)
-    multitask: Literal["mmoe", "ple"] = "mmoe"
+    multitask: Literal["mmoe", "ple"] = "ple"
     #: mmoe: experts shared by every task (each an MLP with expert_dims)
     num_experts: int = Field(4, ge=1)
     expert_dims: list[int] = Field(default_factory=lambda: [32])
