@@ -750,3 +750,25 @@ def test_ple_first_level_batched_form_equals_the_per_expert_loop():
         for lvl in ple.levels:
             lvl.first = lvl is ple.levels[0]
         assert torch.allclose(torch.jit.script(ple)(x), slow, atol=1e-6)
+
+
+def test_a_checkpoint_of_another_architecture_keeps_the_tables_and_trains_as_a_first_day(tmp_path, caplog):
+    """ranking.multitask switched (mmoe -> ple) between two days: the embeddings are warm-started, the new
+    experts start fresh, so the day gets a first day's steps (fresh_min_steps) instead of one epoch."""
+    import logging
+    from datetime import date
+
+    from recsys_batch.ranking.synthetic import build_ranking_warehouse
+    from recsys_batch.ranking.train import run_train_ranking
+    from recsys_batch.training.synthetic import World
+
+    root = tmp_path / "wh"
+    d1, d2 = date(2026, 1, 1), date(2026, 1, 2)
+    build_ranking_warehouse(_cfg(root), World(150, 200, 3, seed=4), [d1, d2], impressions_per_user=24)
+    r1 = run_train_ranking(_cfg(root, "ranking.multitask=mmoe"), d1)
+    with caplog.at_level(logging.WARNING, logger="recsys_batch.ranking.train"):
+        r2 = run_train_ranking(_cfg(root, "ranking.multitask=ple"), d2)
+    assert r1.steps >= 30 and r2.warm_start_from.endswith("dt=2026-01-01/checkpoint.pt")
+    assert r2.warm_start_rows["inputs.item_id.weight"]["kept"] == 1 + 200 + 4
+    assert "is a mmoe model and ranking.multitask is ple" in caplog.text
+    assert r2.steps >= 30  # fresh_min_steps (a warm-started day is one epoch: ceil(its ~2k training rows / 256))

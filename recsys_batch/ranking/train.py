@@ -198,17 +198,24 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     prev = previous_ranking_checkpoint(cfg.warehouse, run_date) if rc.warm_start else None
     old = None
     ws: dict = {}
+    first_day = prev is None  # trained as a first day: fresh_min_steps, the fresh schedule
     if prev is not None:
         old = load_ranking_checkpoint(prev[1])
         ws = warm_start_ranking(model, old, ul, il)
         log.info("train_ranking %s: warm start from %s (%s)", run_date, prev[1], ws)
+        if old["shape"].kind != model.shape.kind:  # e.g. ranking.multitask switched from mmoe to ple
+            first_day = True
+            log.warning("train_ranking %s: the checkpoint of %s is a %s model and ranking.multitask is %s: its "
+                        "embeddings and cross layers are kept, the experts start fresh, and the day trains as a "
+                        "first day (ranking.fresh_min_steps)", run_date, prev[0], old["shape"].kind,
+                        model.shape.kind)
     else:
         log.warning("train_ranking %s: no earlier ranking checkpoint%s: starting fresh", run_date,
                     "" if rc.warm_start else " (ranking.warm_start is false)")
     cutoff = holdout_cutoff(run_date, rc.holdout_hours)
     end = cutoff or holdout_cutoff(run_date + timedelta(days=1), 24.0)
     n = rc.epochs
-    if prev is None and rc.fresh_min_steps:
+    if first_day and rc.fresh_min_steps:
         n = fresh_epochs(count_rows(files, cutoff, "train" if cutoff else "all"), rc, world)
     # the last hours before the cut, not trained on: the calibration rows and (repeated fresh epochs) early stopping
     early = n > 1 and rc.fresh_validation_hours > 0
@@ -219,12 +226,12 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
         val = validation_rows(files, train_cut, end, rc.eval_max_rows)
         if val is None:
             train_cut = cutoff
-        elif prev is None and rc.fresh_min_steps:
+        elif first_day and rc.fresh_min_steps:
             n = fresh_epochs(count_rows(files, train_cut, "train"), rc, world)
     stop_rows = val if early else None  # early stopping's rows (val may be the calibration rows alone)
     if n != rc.epochs:
-        log.info("train_ranking %s: no checkpoint: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date, n,
-                 rc.fresh_min_steps, f", early stopping on {stop_rows.num_rows:,} rows after {train_cut}"
+        log.info("train_ranking %s: %s: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date,
+                 "no checkpoint" if prev is None else "another architecture", n, rc.fresh_min_steps, f", early stopping on {stop_rows.num_rows:,} rows after {train_cut}"
                  if stop_rows is not None else "")
         rc = rc.model_copy(update={"epochs": n})
     units = list_units(files)
@@ -236,7 +243,7 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     on_step, bar = _progress(rc, sum(u.rows for u in units), rank)
     try:
         stopper = EarlyStopping(model, stop_rows, ul, il, rc) if stop_rows is not None else None
-        res = train_ranking(model, stream(), rc, on_step, fresh=prev is None, on_epoch=stopper)
+        res = train_ranking(model, stream(), rc, on_step, fresh=first_day, on_epoch=stopper)
         if stopper is not None:
             stopper.restore(f"train_ranking {run_date}")
     finally:
