@@ -246,8 +246,9 @@ def render_metrics(res: Any, title: str = "") -> None:
     console.print(t)
     truth_pct = res.extra.get("truth_pop_percentile")
     if top is not None and res.rows:
-        console.print(f"R = recall, cov = catalog coverage, pop% = mean popularity percentile of the items (held-out truth: "
-                      f"{'-' if truth_pct is None else f'{truth_pct:.4f}'}; above it a list leans to popular items), "
+        console.print(f"R = recall, cov = catalog coverage, pop% = mean popularity percentile of the items "
+                      f"(held-out truth: {'-' if truth_pct is None else f'{truth_pct:.4f}'}; "
+                      f"above it a list leans to popular items), "
                       f"uniq = hits no other channel has at K"
                       + (", m-solo = hits of recall_merged at K that came from this channel alone" if sole else "")
                       + f" (report: `recsys-batch report --date {res.run_date}`)",

@@ -231,8 +231,8 @@ def run_train_ranking(cfg: Config, run_date: date) -> RankingTrainResult:
     stop_rows = val if early else None  # early stopping's rows (val may be the calibration rows alone)
     if n != rc.epochs:
         log.info("train_ranking %s: %s: up to %d epochs (ranking.fresh_min_steps %d)%s", run_date,
-                 "no checkpoint" if prev is None else "another architecture", n, rc.fresh_min_steps, f", early stopping on {stop_rows.num_rows:,} rows after {train_cut}"
-                 if stop_rows is not None else "")
+                 "no checkpoint" if prev is None else "another architecture", n, rc.fresh_min_steps,
+                 f", early stopping on {stop_rows.num_rows:,} rows after {train_cut}" if stop_rows is not None else "")
         rc = rc.model_copy(update={"epochs": n})
     units = list_units(files)
 
