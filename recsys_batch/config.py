@@ -251,7 +251,7 @@ class RecallConfig(_Model):
 
 #: merge channels in this order (snake) with these quotas: every ``recall_<channel>`` of this round
 DEFAULT_MERGE_QUOTAS = {
-    "itemcf": 150, "usercf": 150, "two_tower": 150, "ease": 150, "swing": 50, "item2vec": 50, "als": 50,
+    "itemcf": 150, "usercf": 150, "two_tower": 150, "ease": 150, "sequential": 150, "swing": 50, "item2vec": 50, "als": 50,
     "author": 30, "similar_author": 20, "fresh": 30, "hot": 30, "geo": 20, "new_users": 50, "popular": 30,
 }
 
@@ -415,6 +415,22 @@ class Item2VecConfig(_Model):
     top_k: int = Field(100, ge=1)
 
 
+class SequentialConfig(_Model):
+    """Sequential rules (SR; Kamehkhosh, Jannach & Ludewig 2017, Ludewig & Jannach 2018): i -> j when j follows
+    i within ``steps`` positions of a session, weighted 1 / gap; scored from the user's most recent items."""
+
+    #: a gap longer than this between two positive events of a user starts a new session (as item2vec)
+    session_gap_minutes: float = Field(30.0, gt=0)
+    #: rules i -> j for j at most this many positions after i (the papers' default 10), weight 1 / gap
+    steps: int = Field(10, ge=1)
+    #: rules kept per source item in sequential_topk (highest share of i's rule weight)
+    top_k: int = Field(100, ge=1)
+    #: seeds: the user's N most recent matrix items ...
+    lastn_items: int = Field(20, ge=1)
+    #: ... weighted 0.5 ** (p / this), p = 0, 1, ... the seed's recency rank (0 = newest)
+    seed_half_life_items: float = Field(5.0, gt=0)
+
+
 class EaseConfig(_Model):
     """EASE (Steck 2019): B = I - P diag(1/diag(P)), P = (X^T X + lambda I)^-1 over the binary matrix."""
 
@@ -450,12 +466,14 @@ class ALSConfig(_Model):
 
 
 class LatentConfig(_Model):
-    """Latent-factor / embedding recall channels (stage ``latent``): item2vec, EASE, ALS."""
+    """Latent-factor / embedding / sequence recall channels (stage ``latent``): item2vec, EASE, ALS, sequential."""
 
     #: channels built, in order; a channel not listed writes nothing
-    channels: list[Literal["item2vec", "ease", "als"]] = Field(default_factory=lambda: ["item2vec", "ease"])
+    channels: list[Literal["item2vec", "ease", "als", "sequential"]] = Field(
+        default_factory=lambda: ["item2vec", "ease", "sequential"])
     seed: int = 13
     item2vec: Item2VecConfig = Item2VecConfig()
+    sequential: SequentialConfig = SequentialConfig()
     ease: EaseConfig = EaseConfig()
     als: ALSConfig = ALSConfig()
 
@@ -880,7 +898,7 @@ class PublishConfig(_Model):
         "itemcf_topk", "swing_topk", "usercf_topk", "recall_itemcf", "recall_swing", "recall_usercf",
         "recall_popular", "user_embeddings", "recall_merged", "exposure_bloom", "recall_hot", "recall_fresh",
         "recall_author", "recall_similar_author", "recall_geo", "recall_new_users", "item2vec_topk",
-        "recall_item2vec", "recall_ease", "recall_als"])
+        "recall_item2vec", "recall_ease", "recall_als", "sequential_topk", "recall_sequential"])
     #: evaluate the new model on D's held-out hours and refuse to publish a bad one (recsys_batch.publish.gate)
     gate: bool = True
     #: the metric the gate compares (one of recall@K / ndcg@K with K in gate_ks)

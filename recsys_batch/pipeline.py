@@ -90,8 +90,10 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "latent", "recsys_batch.recall.latent_stage:run_latent", upstream=("matrix",),
-        outputs=("item2vec_topk", "recall_item2vec", "recall_ease", "recall_als"),
-        doc="latent-factor / embedding recall (latent.channels): item2vec kNN, EASE, implicit ALS",
+        outputs=("item2vec_topk", "recall_item2vec", "recall_ease", "recall_als", "sequential_topk",
+                 "recall_sequential"),
+        doc="latent-factor / embedding / sequence recall (latent.channels): item2vec kNN, EASE, implicit ALS, "
+            "sequential rules",
     ),
     Stage(
         "train", "recsys_batch.training.train:run_train", upstream=("samples",), spark=False,

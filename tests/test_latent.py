@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 
-from recsys_batch.config import ALSConfig, EaseConfig, Item2VecConfig, MatrixConfig, RecallConfig
+from recsys_batch.config import (
+    ALSConfig, EaseConfig, Item2VecConfig, MatrixConfig, RecallConfig, SequentialConfig,
+)
 from recsys_batch.io.tables import read_table, replace_partition
 from recsys_batch.recall.latent import (
     als_recall, cosine_neighbours, ease_gram, ease_recall, ease_weights, item2vec_similarity, item_sessions,
-    popular_items, top_n_masked,
+    popular_items, sequential_recall, sequential_similarity, top_n_masked,
 )
 from recsys_batch.recall.latent_stage import run_latent
 from recsys_batch.schemas import EVENTS, RECALL, USER_ITEM_MATRIX
@@ -206,6 +208,64 @@ def test_cosine_neighbours_exact_values():
     assert got == [(0, 1, h, 1), (1, 0, h, 1), (1, 2, h, 2), (2, 1, h, 1)]
 
 
+# ---- sequential rules ------------------------------------------------------------------------------------------
+
+SEQ_SESSIONS = [("u1", 1, list("abcab")), ("u1", 2, list("bd")), ("u2", 1, list("acdb")), ("u3", 1, list("ca"))]
+
+
+def _brute_rules(sessions, steps: int) -> dict[tuple[str, str], float]:
+    """sim(i, j) = w(i -> j) / sum_j' w(i -> j'), w = sum of 1 / (q - p) over 0 < q - p <= steps."""
+    w: dict[tuple[str, str], float] = {}
+    for _, _, s in sessions:
+        for p in range(len(s)):
+            for q in range(p + 1, min(len(s), p + steps + 1)):
+                w[s[p], s[q]] = w.get((s[p], s[q]), 0.0) + 1.0 / (q - p)
+    out: dict[tuple[str, str], float] = {}
+    for (i, j), v in w.items():
+        out[i, j] = v / sum(x for (a, _), x in w.items() if a == i)
+    return out
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_sequential_rules_equal_the_brute_force_sums(spark, steps):
+    # item_sessions dedupes within a session; "abcab" here also checks that repeats and self-pairs are counted
+    # as the formula says (item_based_recall drops i -> i)
+    df = spark.createDataFrame(SEQ_SESSIONS, "user_id string, session int, items array<string>")
+    got = sequential_similarity(df, SequentialConfig(steps=steps, top_k=10)).collect()
+    want = _brute_rules(SEQ_SESSIONS, steps)
+    assert {(r.item_id, r.neighbor): r.score for r in got} == pytest.approx(want, abs=1e-11)
+    for i in {r.item_id for r in got}:  # ranks 1.. by score desc, neighbor asc
+        mine = sorted((r for r in got if r.item_id == i), key=lambda r: r.rank)
+        assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
+        assert [(-r.score, r.neighbor) for r in mine] == sorted((-r.score, r.neighbor) for r in mine)
+
+
+def test_sequential_rules_hand_values_and_top_k(spark):
+    df = spark.createDataFrame(SEQ_SESSIONS, "user_id string, session int, items array<string>")
+    got = {(r.item_id, r.neighbor): (r.score, r.rank)
+           for r in sequential_similarity(df, SequentialConfig(steps=2, top_k=2)).collect()}
+    # w(a -> .): u1 s1 "abcab": a0->b 1, a0->c 1/2, a3->b 1; u2 "acdb": a->c 1, a->d 1/2
+    # -> b 2, c 1.5, d 0.5 (total 4); top 2: b 0.5, c 0.375
+    assert {k: v for k, v in got.items() if k[0] == "a"} == {("a", "b"): (0.5, 1), ("a", "c"): (0.375, 2)}
+    # w(d -> .): u2 "acdb": d->b 1 -> b 1.0 (u1 s2 "bd" ends on d: nothing after it)
+    assert {k: v for k, v in got.items() if k[0] == "d"} == {("d", "b"): (1.0, 1)}
+
+
+def test_sequential_recall_weighs_seeds_by_recency_rank(spark):
+    # u1's newest item is y, then x (last_ts); the matrix scores favour x 10:1 but the rank decides
+    m = spark.createDataFrame([("u1", "x", 10.0, 1, at(8)), ("u1", "y", 1.0, 1, at(9)),
+                               ("u2", "p", 1.0, 1, at(9))], USER_ITEM_MATRIX)
+    rules = spark.createDataFrame([("x", "a", 1.0, 1), ("y", "b", 1.0, 1), ("y", "a", 0.5, 2), ("y", "x", 0.9, 3)],
+                                  "item_id string, neighbor string, score double, rank int")
+    cfg = SequentialConfig(lastn_items=2, seed_half_life_items=1.0)
+    got = sorted(map(tuple, sequential_recall(m, rules, cfg, RecallConfig(top_n=5)).collect()))
+    # b: 1.0 (y, weight 0.5^0); a: 0.5 * 0.5^0 (y) + 1.0 * 0.5^1 (x) = 1.0; x is seen. Ties: item_id asc
+    assert got == [("u1", "a", 1.0, 1), ("u1", "b", 1.0, 2)]
+    one = sorted(map(tuple, sequential_recall(m, rules, cfg.model_copy(update={"lastn_items": 1}),
+                                              RecallConfig(top_n=5)).collect()))
+    assert one == [("u1", "a", 0.5, 2), ("u1", "b", 1.0, 1)]
+
+
 # ---- ALS -------------------------------------------------------------------------------------------------------
 
 
@@ -230,7 +290,7 @@ def test_als_recovers_planted_blocks(spark):
 
 @pytest.mark.slow
 def test_run_latent_writes_every_channel_and_reruns_idempotently(spark, make_cfg):
-    cfg = make_cfg("recall.top_n=3", "latent.channels=[item2vec, ease, als]", "latent.item2vec.vector_size=8",
+    cfg = make_cfg("recall.top_n=3", "latent.channels=[item2vec, ease, als, sequential]", "latent.item2vec.vector_size=8",
                    "latent.item2vec.min_count=1", "latent.item2vec.max_iter=2", "latent.ease.l2=1.0",
                    "latent.als.rank=2", "latent.als.max_iter=2", "latent.als.num_blocks=1")
     users = {f"u{k}": ("abcd" if k % 2 else "cdef")[: 2 + k % 3] for k in range(6)}
@@ -244,15 +304,20 @@ def test_run_latent_writes_every_channel_and_reruns_idempotently(spark, make_cfg
     replace_partition(spark.createDataFrame(m_rows, USER_ITEM_MATRIX), cfg.warehouse, "user_item_matrix", D)
 
     stats = run_latent(spark, cfg, D)
-    assert [s.table for s in stats] == ["item2vec_topk", "recall_item2vec", "recall_ease", "recall_als"]
+    assert [s.table for s in stats] == ["item2vec_topk", "recall_item2vec", "recall_ease", "recall_als",
+                                        "sequential_topk", "recall_sequential"]
     first = {}
-    for s in stats[1:]:
+    for s in stats[1:4] + stats[5:]:
         df = read_table(spark, cfg.warehouse, s.table, D).drop("dt")
         rows = df.collect()
         first[s.table] = sorted(map(tuple, rows))
         reached = {r.user_id for r in rows}
-        # EASE and ALS score every item for every user; item2vec only reaches users whose items have neighbours
-        assert reached == set(users) if s.table != "recall_item2vec" else reached and reached <= set(users), s.table
+        # EASE and ALS score every item for every user; item2vec only reaches users whose items have neighbours;
+        # sequential every user but u2 (c d e f: in every session only c .. f ever follow them, all seen by u2)
+        if s.table == "recall_item2vec":
+            assert reached and reached <= set(users)
+        else:
+            assert reached == set(users) - ({"u2"} if s.table == "recall_sequential" else set()), s.table
         assert all((r.item_id not in users[r.user_id]) for r in rows), s.table  # seen excluded
         assert all(1 <= r.rank <= 3 for r in rows)
     # EASE scores all 6 items: u2 (cdef) and u5 (abcd) have 2 unseen, the other four 3 or more -> 2 + 2 + 4 * 3

@@ -36,14 +36,17 @@ _G = "_g"
 
 
 def item_based_recall(matrix: DataFrame, item_sim: DataFrame, cfg: RecallConfig,
-                      users: DataFrame | None = None) -> DataFrame:
+                      users: DataFrame | None = None, lastn_items: int | None = None,
+                      seed_half_life_items: float | None = None) -> DataFrame:
     """Item-to-item recall (ItemCF / Swing neighbour tables): schema ``RECALL``.
 
     score(u, j) = sum_{i in lastN(u)} r(u, i) * sim(i, j),  j not in I(u)
     lastN(u) = u's ``lastn_items`` most recent matrix items (last_ts desc, item_id asc); r(u, i) = the matrix
     score (event weights decayed with the matrix half-life); sim = ``item_sim`` (item_id, neighbor, score),
     typically the top-K of ``itemcf_topk`` / ``swing_topk``. ``users`` restricts the users lists are built
-    for (None = every matrix user).
+    for (None = every matrix user). ``lastn_items`` overrides ``cfg.lastn_items``; with ``seed_half_life_items``
+    h the seed weight is r(u, i) = 0.5 ** (p / h) instead, p = 0, 1, ... the seed's recency rank (the
+    sequential channel: what the user did last predicts what comes next).
     The matrix decay is harmless here: only the ratios of one user's seed weights matter (the list is ranked
     per user), so a seed t days older than another weighs 0.5 ** (t / half-life) as much however long ago
     the user was active. MovieLens-100K, user_chrono split, Recall@50: ItemCF 0.361 with the 7-day matrix
@@ -59,8 +62,9 @@ def item_based_recall(matrix: DataFrame, item_sim: DataFrame, cfg: RecallConfig,
     require_columns(matrix, _MATRIX_COLS, table="user_item_matrix", where="item-based recall")
     require_columns(item_sim, [Col.ITEM, Col.NEIGHBOR, Col.SCORE], table="item similarity",
                     where="item-based recall")
-    seeds = restrict_users(recent_items(matrix, cfg.lastn_items), users).select(
-        Col.USER, Col.ITEM, F.col(Col.SCORE).alias(_R))
+    seeds = restrict_users(recent_items(matrix, lastn_items or cfg.lastn_items, rank=_G), users)
+    weight = F.col(Col.SCORE) if seed_half_life_items is None else F.pow(F.lit(0.5), F.col(_G) / seed_half_life_items)
+    seeds = seeds.select(Col.USER, Col.ITEM, weight.alias(_R))
     sim = (item_sim.where(F.col(Col.NEIGHBOR) != F.col(Col.ITEM))
            .select(Col.ITEM, Col.NEIGHBOR, F.col(Col.SCORE).alias(_SIM)))
     cand = (seeds.join(sim, on=Col.ITEM)

@@ -14,8 +14,9 @@ from recsys_batch.schemas import RECALL, Col
 _RN = "_rn"
 
 
-def recent_items(matrix: DataFrame, n: int, key: str = Col.USER) -> DataFrame:
-    """Per user the ``n`` most recent items of the matrix: (key, item_id, score, last_ts).
+def recent_items(matrix: DataFrame, n: int, key: str = Col.USER, rank: str | None = None) -> DataFrame:
+    """Per user the ``n`` most recent items of the matrix: (key, item_id, score, last_ts[, rank]); ``rank``
+    names an extra column with the item's recency rank 0, 1, ... (0 = newest).
 
     Order: last_ts desc, item_id asc. With ``matrix.cap_order = recent`` and ``n <= matrix.lastn`` this is
     the same set as the first ``n`` entries of ``user_lastn``; unlike ``user_lastn`` every item here has
@@ -27,7 +28,8 @@ def recent_items(matrix: DataFrame, n: int, key: str = Col.USER) -> DataFrame:
     w = Window.partitionBy(Col.USER).orderBy(F.col(Col.LAST_TS).desc(), F.col(Col.ITEM).asc())
     return (matrix.select(Col.USER, Col.ITEM, Col.SCORE, Col.LAST_TS)
             .withColumn(_RN, F.row_number().over(w)).where(F.col(_RN) <= n)
-            .select(F.col(Col.USER).alias(key), Col.ITEM, Col.SCORE, Col.LAST_TS))
+            .select(F.col(Col.USER).alias(key), Col.ITEM, Col.SCORE, Col.LAST_TS,
+                    *([(F.col(_RN) - 1).alias(rank)] if rank else [])))
 
 
 def active_users(matrix: DataFrame, run_date: date, active_days: int | None) -> DataFrame:

@@ -1,8 +1,11 @@
-"""Latent-factor and embedding recall channels: item2vec, EASE, ALS (stage ``latent``).
+"""Latent-factor, embedding and sequence recall channels: item2vec, EASE, ALS, sequential rules (stage ``latent``).
 
 * **item2vec** (Barkan & Koenigstein 2016): skip-gram vectors (Spark ML ``Word2Vec``) learnt from the users'
   sessions, exact cosine kNN with faiss -> ``item2vec_topk`` (schema ``ITEM_SIM``), scored from the user's
   last-N like ItemCF (:func:`recsys_batch.recall.channels.item_based_recall`) -> ``recall_item2vec``.
+* **sequential rules** (Ludewig & Jannach 2018): directed "j soon after i" weights from the same sessions,
+  normalised per i -> ``sequential_topk``, scored from the user's newest items with recency-rank weights ->
+  ``recall_sequential`` (:func:`sequential_similarity`).
 * **EASE** (Steck 2019): a closed-form item-item regression over the binary user-item matrix of the
   ``max_items`` most popular items, inverted on the driver, scored exactly in Spark tasks -> ``recall_ease``.
 * **ALS** (Hu, Koren & Volinsky 2008): Spark ML ``ALS(implicitPrefs=True)`` on presence, the user x item
@@ -29,7 +32,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_batch.config import ALSConfig, EaseConfig, Item2VecConfig, MatrixConfig, RecallConfig
+from recsys_batch.config import ALSConfig, EaseConfig, Item2VecConfig, MatrixConfig, RecallConfig, SequentialConfig
 from recsys_batch.io.tables import require_columns
 from recsys_batch.matrix import positive_window_events
 from recsys_batch.recall.channels import item_based_recall
@@ -40,7 +43,7 @@ from recsys_batch.similarity.common import arrow_fs, delete_path, round_scores
 log = logging.getLogger(__name__)
 
 SESSION, ITEMS = "session", "items"
-_TS, _IDX, _SEEN, _VEC, _W = "_ts", "_i", "_seen", "_vec", "_w"
+_TS, _IDX, _SEEN, _VEC, _W, _GAP = "_ts", "_i", "_seen", "_vec", "_w", "_gap"
 _MATRIX_FILE, _ITEMS_FILE = "m.npy", "items.arrow"
 
 
@@ -180,6 +183,51 @@ def item2vec_recall(matrix: DataFrame, item_sim: DataFrame, cfg: RecallConfig,
     """``recall_item2vec``: ItemCF-style scoring over ``item2vec_topk``, score(u, j) = sum_{i in lastN(u)}
     r(u, i) cos(i, j) (:func:`recsys_batch.recall.channels.item_based_recall`)."""
     return item_based_recall(matrix, item_sim, cfg, users)
+
+
+# ---- sequential rules ------------------------------------------------------------------------------------
+
+
+def sequential_similarity(sessions: DataFrame, cfg: SequentialConfig) -> DataFrame:
+    """``sequential_topk`` (schema ``ITEM_SIM``): sequential rules (SR; Kamehkhosh, Jannach & Ludewig 2017,
+    Ludewig & Jannach 2018), directed and normalised per source item::
+
+        w(i -> j) = sum over sessions s, positions p < q <= p + steps with s_p = i, s_q = j of 1 / (q - p)
+        sim(i, j) = w(i -> j) / sum_j' w(i -> j')
+
+    (the share of i's rule weight that goes to j: each seed then spreads one unit over what tends to come after
+    it), the ``top_k`` j per i (sim desc, neighbor asc). Sessions: :func:`item_sessions` (first occurrence of an
+    item per session, in time order). Unlike ItemCF / Swing / EASE, which see a user's items as a set, the rule
+    is ordered and local: j must come soon *after* i. The pairs are counted per gap as integers and divided
+    in a fixed order, so scores, ties and ranks do not depend on Spark's summation order.
+    Cost: sum_s min(|s|, steps) * |s| pair rows (linear in session length: a heavy user's long session adds
+    ``steps`` rows per item, never |s|^2), one aggregation on (i, j), one window on i.
+    """
+    pos = sessions.select(F.posexplode(ITEMS).alias(_IDX, Col.ITEM), ITEMS)
+    after = F.expr(f"slice({ITEMS}, {_IDX} + 2, {int(cfg.steps)})")  # s_{p+1} .. s_{p+steps}, 1-based
+    pairs = pos.select(Col.ITEM, F.posexplode(after).alias(_GAP, Col.NEIGHBOR))
+    gaps = range(1, int(cfg.steps) + 1)
+    counts = pairs.groupBy(Col.ITEM, Col.NEIGHBOR).agg(
+        *[F.sum(F.when(F.col(_GAP) == g - 1, 1).otherwise(0)).alias(f"_c{g}") for g in gaps])
+    by_item = Window.partitionBy(Col.ITEM)
+    # integer counts per gap, divided in a fixed order: the same doubles whatever order Spark summed in
+    w = sum((F.col(f"_c{g}") / g for g in gaps), F.lit(0.0))
+    total = sum((F.sum(f"_c{g}").over(by_item) / g for g in gaps), F.lit(0.0))
+    ranked = Window.partitionBy(Col.ITEM).orderBy(F.col(Col.SCORE).desc(), F.col(Col.NEIGHBOR).asc())
+    return (counts.withColumn(Col.SCORE, w / total)
+            .withColumn(Col.RANK, F.row_number().over(ranked))
+            .where(F.col(Col.RANK) <= cfg.top_k)
+            .select(Col.ITEM, Col.NEIGHBOR, Col.SCORE, F.col(Col.RANK).cast("int").alias(Col.RANK)))
+
+
+def sequential_recall(matrix: DataFrame, rules: DataFrame, cfg: SequentialConfig, rc: RecallConfig,
+                      users: DataFrame | None = None) -> DataFrame:
+    """``recall_sequential``: score(u, j) = sum_{p < lastn} 0.5 ** (p / h) sim(i_p, j), i_0, i_1, ... the user's
+    matrix items newest first (``cfg.lastn_items``, h = ``cfg.seed_half_life_items``), j not seen
+    (:func:`recsys_batch.recall.channels.item_based_recall`). The seed weights decay with recency rank, not
+    with the matrix score: the next item depends on the last ones, however strong an older interaction was."""
+    return item_based_recall(matrix, rules, rc, users, lastn_items=cfg.lastn_items,
+                             seed_half_life_items=cfg.seed_half_life_items)
 
 
 # ---- EASE ------------------------------------------------------------------------------------------------
