@@ -36,8 +36,8 @@ from recsys_batch.io.delta_read import read_partition
 from recsys_batch.recall.merge import learned_weights
 
 KS = (20, 50, 100, 200, 500)
-CHANNELS = ("itemcf", "swing", "usercf", "popular", "two_tower", "ease", "item2vec", "als", "hot", "fresh",
-            "author", "similar_author", "geo", "new_users")
+CHANNELS = ("itemcf", "swing", "usercf", "popular", "two_tower", "ease", "sequential", "item2vec", "als", "hot",
+            "fresh", "author", "similar_author", "geo", "new_users")
 
 
 def load(wh: WarehouseConfig, d: str) -> pd.DataFrame:
