@@ -251,8 +251,8 @@ class RecallConfig(_Model):
 
 #: merge channels in this order (snake) with these quotas: every ``recall_<channel>`` of this round
 DEFAULT_MERGE_QUOTAS = {
-    "itemcf": 150, "usercf": 150, "two_tower": 150, "ease": 150, "sequential": 150, "swing": 50, "item2vec": 50, "als": 50,
-    "author": 30, "similar_author": 20, "fresh": 30, "hot": 30, "geo": 20, "new_users": 50, "popular": 30,
+    "itemcf": 150, "usercf": 150, "two_tower": 150, "ease": 150, "sequential": 150, "swing": 50, "item2vec": 50,
+    "als": 50, "author": 30, "similar_author": 20, "fresh": 30, "hot": 30, "geo": 20, "new_users": 50, "popular": 30,
 }
 
 

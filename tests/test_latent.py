@@ -290,7 +290,8 @@ def test_als_recovers_planted_blocks(spark):
 
 @pytest.mark.slow
 def test_run_latent_writes_every_channel_and_reruns_idempotently(spark, make_cfg):
-    cfg = make_cfg("recall.top_n=3", "latent.channels=[item2vec, ease, als, sequential]", "latent.item2vec.vector_size=8",
+    cfg = make_cfg("recall.top_n=3", "latent.channels=[item2vec, ease, als, sequential]",
+                   "latent.item2vec.vector_size=8",
                    "latent.item2vec.min_count=1", "latent.item2vec.max_iter=2", "latent.ease.l2=1.0",
                    "latent.als.rank=2", "latent.als.max_iter=2", "latent.als.num_blocks=1")
     users = {f"u{k}": ("abcd" if k % 2 else "cdef")[: 2 + k % 3] for k in range(6)}

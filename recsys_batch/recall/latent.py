@@ -204,16 +204,16 @@ def sequential_similarity(sessions: DataFrame, cfg: SequentialConfig) -> DataFra
     ``steps`` rows per item, never |s|^2), one aggregation on (i, j), one window on i.
     """
     pos = sessions.select(F.posexplode(ITEMS).alias(_IDX, Col.ITEM), ITEMS)
-    after = F.expr(f"slice({ITEMS}, {_IDX} + 2, {int(cfg.steps)})")  # s_{p+1} .. s_{p+steps}, 1-based
+    after = F.expr(f"slice({ITEMS}, {_IDX} + 2, {cfg.steps})")  # s_{p+1} .. s_{p+steps}, 1-based
     pairs = pos.select(Col.ITEM, F.posexplode(after).alias(_GAP, Col.NEIGHBOR))
-    gaps = range(1, int(cfg.steps) + 1)
+    gaps = range(1, cfg.steps + 1)
     counts = pairs.groupBy(Col.ITEM, Col.NEIGHBOR).agg(
         *[F.sum(F.when(F.col(_GAP) == g - 1, 1).otherwise(0)).alias(f"_c{g}") for g in gaps])
     by_item = Window.partitionBy(Col.ITEM)
     # integer counts per gap, divided in a fixed order: the same doubles whatever order Spark summed in
     w = sum((F.col(f"_c{g}") / g for g in gaps), F.lit(0.0))
     total = sum((F.sum(f"_c{g}").over(by_item) / g for g in gaps), F.lit(0.0))
-    ranked = Window.partitionBy(Col.ITEM).orderBy(F.col(Col.SCORE).desc(), F.col(Col.NEIGHBOR).asc())
+    ranked = by_item.orderBy(F.col(Col.SCORE).desc(), F.col(Col.NEIGHBOR).asc())
     return (counts.withColumn(Col.SCORE, w / total)
             .withColumn(Col.RANK, F.row_number().over(ranked))
             .where(F.col(Col.RANK) <= cfg.top_k)

@@ -9,7 +9,7 @@ import time
 from datetime import date
 
 from pyspark import StorageLevel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from recsys_batch.config import Config
 from recsys_batch.io.tables import TableStats, read_range, read_table, replace_partition
@@ -38,13 +38,18 @@ def run_latent(spark: SparkSession, cfg: Config, run_date: date) -> list[TableSt
     wh, lc, rc = cfg.warehouse, cfg.latent, cfg.recall
     matrix = read_table(spark, wh, "user_item_matrix", run_date).drop(Col.DT).persist(StorageLevel.MEMORY_AND_DISK)
     stats: list[TableStats] = []
-    try:
-        targets = active_users(matrix, run_date, rc.active_days).persist(StorageLevel.MEMORY_AND_DISK)
-        def sessions(gap_minutes: float):  # noqa: ANN202 - the window's sessions (both session channels)
+    built: dict[float, DataFrame] = {}  # the window's sessions per gap: item2vec and sequential share one build
+
+    def sessions(gap_minutes: float) -> DataFrame:
+        if gap_minutes not in built:
             first, last = events_partitions(run_date, cfg.matrix, cfg.ingest)
             events = read_range(spark, wh, "events", first, last)
-            return item_sessions(events, matrix, cfg.events.weights, run_date, cfg.matrix, gap_minutes)
+            built[gap_minutes] = item_sessions(events, matrix, cfg.events.weights, run_date, cfg.matrix,
+                                               gap_minutes).persist(StorageLevel.MEMORY_AND_DISK)
+        return built[gap_minutes]
 
+    try:
+        targets = active_users(matrix, run_date, rc.active_days).persist(StorageLevel.MEMORY_AND_DISK)
         for channel in lc.channels:
             t0 = time.perf_counter()
             if channel == "item2vec":
@@ -74,5 +79,7 @@ def run_latent(spark: SparkSession, cfg: Config, run_date: date) -> list[TableSt
             log.info("latent %s: %s in %.1fs", run_date, channel, time.perf_counter() - t0)
         targets.unpersist()
     finally:
+        for df in built.values():
+            df.unpersist()
         matrix.unpersist()
     return stats
