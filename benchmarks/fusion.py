@@ -31,13 +31,12 @@ import sys
 import numpy as np
 import pandas as pd
 
-from recsys_batch.config import MergeConfig, WarehouseConfig
+from recsys_batch.config import DEFAULT_MERGE_QUOTAS, MergeConfig, WarehouseConfig
 from recsys_batch.io.delta_read import read_partition
 from recsys_batch.recall.merge import learned_weights
 
 KS = (20, 50, 100, 200, 500)
-CHANNELS = ("itemcf", "swing", "usercf", "popular", "two_tower", "ease", "sequential", "item2vec", "als", "hot",
-            "fresh", "author", "similar_author", "geo", "new_users")
+CHANNELS = tuple(DEFAULT_MERGE_QUOTAS)  # every channel the merge knows, in its snake order
 
 
 def load(wh: WarehouseConfig, d: str) -> pd.DataFrame:
