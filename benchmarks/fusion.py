@@ -12,8 +12,10 @@ as the merge stage learns them on D-1's lists and applies them to D's:
 * ``RRF w=1``: plain RRF (the fallback of ``merge.learn_weights``);
 * ``RRF w=old hand-set``: the weights the merge used before (picked on MovieLens);
 * ``RRF w=recall@100/best``: :func:`recsys_batch.recall.merge.learned_weights` from the other half;
-* ``--search``: per-channel weights in {0, .1, .25, .5, 1, 2, 4} by coordinate ascent (2 rounds) on
-  Recall@50 + Recall@200 of the other half -- an optimistic ceiling of what reweighting RRF can give;
+* ``--search``: the merge's own search (``merge.learn_method: search``,
+  :func:`recsys_batch.recall.fusion_search.search_weights`): from the ratio weights, per-channel weights in
+  ``merge.search_grid`` by coordinate ascent (``merge.search_rounds``) on the mean Recall@``merge.search_ks``
+  of the fused list on the other half;
 * ``--learned-ceiling``: a LightGBM scorer (binary log loss, and LambdaRank) over the whole union of the
   channel lists (no quotas), fitted on one half's held-out truth and scored on the other half. Features per
   (user, item): per channel 1 / (60 + rank) and log rank (absent: rank 1,000) and score / the user's best score
@@ -33,6 +35,7 @@ import pandas as pd
 
 from recsys_batch.config import DEFAULT_MERGE_QUOTAS, MergeConfig, WarehouseConfig
 from recsys_batch.io.delta_read import read_partition
+from recsys_batch.recall.fusion_search import sample_from_rows, search_weights
 from recsys_batch.recall.merge import learned_weights
 
 KS = (20, 50, 100, 200, 500)
@@ -141,19 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         rows += [("RRF w=1", rrf(lists, quotas, {})),
                  ("RRF w=old hand-set (popular .3, swing .5)", rrf(lists, quotas, {"popular": 0.3, "swing": 0.5})),
                  ("RRF w=recall@100/best", rrf(lists, quotas, learned))]
-        if a.search:
-            w = {c: 1.0 for c in chans}
-            obj = lambda r: r[50] + r[200]  # noqa: E731
-            best = obj(recall(rrf(lists, quotas, w), halves[fit], (50, 200)))
-            for _ in range(2):
-                for c in chans:
-                    for v in (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0):
-                        w2 = {**w, c: v}
-                        o = obj(recall(rrf(lists, quotas, w2), halves[fit], (50, 200)))
-                        if o > best + 1e-12:
-                            best, w = o, w2
-            rows.append(("RRF w=searched", rrf(lists, quotas, w)))
-            print(f"searched on half {fit}: {w}")
+        if a.search:  # the merge's own search (merge.learn_method: search), from the ratio weights
+            q = lists[(lists["rank"] <= lists.ch.map(quotas).fillna(0)) & lists.user_id.isin(halves[fit])]
+            fit_users = sorted(halves[fit])
+            sample = sample_from_rows(q.user_id.to_numpy(), q.item_id.to_numpy(), q.ch.to_numpy(),
+                                      q["rank"].to_numpy(), [(u, i) in pairs for u, i in zip(q.user_id, q.item_id)],
+                                      fit_users, n_test.reindex(fit_users).to_numpy(), chans)
+            w, obj = search_weights(sample, {c: learned[c] for c in chans}, chans, cfg.rrf_k, cfg.search_ks,
+                                    cfg.search_grid, cfg.search_rounds)
+            rows.append(("RRF w=searched (merge.learn_method search)", rrf(lists, quotas, w)))
+            print(f"searched on half {fit}: {w} (mean R@{cfg.search_ks} on that half {obj['start']:.4f} -> "
+                  f"{obj['searched']:.4f})")
         if a.learned_ceiling:
             rows.append(("RRF w=1 over the union (no quotas)", rrf(lists, {c: 10**6 for c in chans}, {})))
             rows += learned_ceiling(lists, chans, matrix, pairs, halves[fit])

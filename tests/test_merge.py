@@ -24,7 +24,9 @@ from recsys_batch.recall.exposure import (
     bloom_contains, bloom_indexes, bloom_size, build_bloom, build_exposure_bloom, expected_fpr, exposed_items,
     load_bloom, stable_hash, storage_bits,
 )
-from recsys_batch.recall.merge import channel_validation, learned_weights, merge_recall, snake_order
+from recsys_batch.recall.merge import (
+    channel_validation, learned_weights, merge_recall, snake_order, validation_sample,
+)
 from recsys_batch.recall.merge_stage import fusion_weights, metrics_path, run_merge
 from recsys_batch.schemas import EVENTS, RECALL, RECALL_MERGED
 
@@ -236,7 +238,8 @@ def test_learned_weights_relative_recall_with_config_fallback():
 @pytest.mark.slow
 def test_run_merge_learns_rrf_weights_from_the_previous_day(spark, make_cfg):
     cfg = make_cfg("merge.quotas={itemcf: 2, usercf: 3, popular: 1}", "merge.weights={popular: 0.3}",
-                   "merge.top_n=3", "merge.learn_k=2", "merge.learn_min_users=1", "merge.fpr_probes_per_user=0")
+                   "merge.top_n=3", "merge.learn_k=2", "merge.learn_min_users=1", "merge.fpr_probes_per_user=0",
+                   "merge.learn_method=ratio")
     prev = D - timedelta(days=1)
     assert fusion_weights(spark, cfg, D) == ({"itemcf": 1.0, "usercf": 1.0, "popular": 0.3},
                                              {"weights_from": "config", "validation_date": None, "validation": {},
@@ -266,6 +269,33 @@ def test_run_merge_learns_rrf_weights_from_the_previous_day(spark, make_cfg):
         ("u2", "a", 1 / 61, 1, ["itemcf"]), ("u2", "b", 1 / 62, 2, ["itemcf"]),
     ])
     check(read_table(spark, cfg.warehouse, "recall_merged", D).drop("dt"), expected)
+
+    # learn_method search, objective recall@2, from the ratio weights (itemcf 1, usercf 0; popular has no D-1
+    # list: config 0.3, not searched). Sample: u1 (truth b; c is in the matrix), u2 (truth e); u4 has no list.
+    # At the start u1's top 2 = itemcf's a, b -> 1, u2 0 -> 0.5, the best any weights can do (u2's e is in
+    # no list; usercf > 0 puts c into u1's top 2 and pushes b out): the search keeps the ratio weights
+    search = cfg.model_copy(update={"merge": cfg.merge.model_copy(update={"learn_method": "search",
+                                                                           "search_ks": [2]})})
+    weights, info = fusion_weights(spark, search, D)
+    assert weights == {"itemcf": 1.0, "usercf": 0.0, "popular": 0.3}
+    assert info["weights_from"] == {"itemcf": "search", "usercf": "search", "popular": "config"}
+    assert info["search"] == {"users": 2, "ks": [2], "ratio_weights": {"itemcf": 1.0, "usercf": 0.0},
+                              "objective_ratio_weights": 0.5, "objective": 0.5}
+
+
+def test_validation_sample_quota_rows_hits_and_user_cap(spark):
+    lists = {c: spark.createDataFrame(rows, RECALL) for c, rows in PREV.items()}
+    test = spark.createDataFrame(TEST + [("u1", "b")], "user_id string, item_id string")  # a duplicate pair
+    s = validation_sample(lists, test, {"itemcf": 2, "usercf": 1}, 10)
+    # test users with a list: u1, u2 (u4 has none; u3 is no test user); itemcf cut to its top 2 for u1
+    assert s.channels == ("itemcf", "usercf") and s.n_truth.tolist() == [2.0, 1.0]
+    items = ["a", "b", "c"]  # codes in item_id order
+    got = sorted(zip(s.user.tolist(), [items[i] for i in s.item], [s.channels[c] for c in s.channel],
+                     s.rank.tolist(), s.hit.tolist()))
+    assert got == [(0, "a", "itemcf", 1.0, False), (0, "b", "itemcf", 2.0, True), (0, "c", "usercf", 1.0, True),
+                   (1, "a", "itemcf", 1.0, False)]
+    one = validation_sample(lists, test, {"itemcf": 2, "usercf": 1}, 1)
+    assert len(one.n_truth) == 1 and set(one.user.tolist()) == {0}
 
 
 @pytest.mark.slow

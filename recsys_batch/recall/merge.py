@@ -12,8 +12,11 @@ Steps, per user u (config :class:`recsys_batch.config.MergeConfig`):
    * ``rrf``: score(u, i) = sum_{c : i in quota list of c} w_c / (k + rank_c(u, i)) (Cormack, Clarke &
      Buettcher 2009, k = 60); ranked by score desc, item_id asc. w_c: learned each day when
      ``merge.learn_weights`` (:func:`channel_validation` of D-1's lists on D's positives, then
-     :func:`learned_weights`: w_c = recall_c / max recall, weighted Borda-fuse of Aslam & Montague 2001),
-     else -- and for a channel without validation -- ``merge.weights`` (default: 1, plain RRF);
+     :func:`learned_weights`: w_c = recall_c / max recall, weighted Borda-fuse of Aslam & Montague 2001;
+     with ``merge.learn_method: search`` (default) those are the start of a coordinate ascent of the fused
+     list's recall on a sample of the validation users, :func:`validation_sample` and
+     :mod:`recsys_batch.recall.fusion_search`), else -- and for a channel without validation --
+     ``merge.weights`` (default: 1, plain RRF);
    * ``snake``: the channels take turns in ``quotas`` order; on its turn a channel gives its best item not
      taken yet (so a duplicate costs no turn); score = 1 / rank;
 5. the top ``merge.top_n`` per user, rank 1..top_n.
@@ -21,7 +24,8 @@ Steps, per user u (config :class:`recsys_batch.config.MergeConfig`):
 Output schema ``RECALL_MERGED`` (RECALL + ``channels``). Cost: one union of the channel rows (sum of the
 channel tables' dt=D rows), the filter's cogroup on user, one window on (user, channel), then RRF one
 aggregation on (user, item) + one window on user, or snake one groupBy(user).applyInPandas over at most
-sum(quotas) rows per user. Nothing reaches the driver.
+sum(quotas) rows per user. Nothing reaches the driver but the weight search's sample (at most
+``merge.search_max_users`` x sum(quotas) rows of D-1's lists).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from recsys_batch.errors import RecsysBatchError
 from recsys_batch.evaluation.metrics import CHANNEL as EVAL_CHANNEL, per_user_metrics, recall_col
 from recsys_batch.io.tables import require_columns
 from recsys_batch.recall.exposure import drop_exposed
+from recsys_batch.recall.fusion_search import FusionSample, sample_from_rows
 from recsys_batch.schemas import RECALL_MERGED, Col
 
 CHANNEL = "_channel"
@@ -148,6 +153,34 @@ def channel_validation(lists: dict[str, DataFrame], test: DataFrame, k: int) -> 
         F.count(F.lit(1)).alias("users"), F.avg(recall_col(k)).alias("recall"))
 
 
+def validation_sample(lists: dict[str, DataFrame], test: DataFrame, quotas: dict[str, int],
+                      max_users: int) -> FusionSample:
+    """The search's validation sample (:mod:`recsys_batch.recall.fusion_search`): the test users with a list
+    in any channel of ``lists`` (day P's), at most ``max_users`` of them -- the first by xxhash64(user_id),
+    so a fixed, id-spread subset --, their quota rows (rank within the quota, as the merge ranks them; no
+    exposure filter: P's) with hit = the pair is in ``test``, and their test-pair counts. Cost: one window
+    on (user, channel) over the lists, joins with the broadcast sample; at most ``max_users`` x sum(quotas)
+    rows reach the driver (through Arrow)."""
+    require_columns(test, [Col.USER, Col.ITEM], table="test pairs", where="merge validation")
+    pairs = test.select(Col.USER, Col.ITEM).distinct()
+    rows = apply_quotas(channel_candidates(lists), quotas)
+    users = (pairs.select(Col.USER).distinct().join(rows.select(Col.USER).distinct(), on=Col.USER)
+             .orderBy(F.xxhash64(Col.USER), Col.USER).limit(max_users))
+    counts = (pairs.join(F.broadcast(users), on=Col.USER).groupBy(Col.USER)
+              .agg(F.count(F.lit(1)).alias("_n")).orderBy(Col.USER).toArrow())
+    got = (rows.join(F.broadcast(users), on=Col.USER)
+           .join(pairs.withColumn("_hit", F.lit(True)), on=[Col.USER, Col.ITEM], how="left")
+           .select(Col.USER, Col.ITEM, CHANNEL, CHANNEL_RANK, F.coalesce(F.col("_hit"), F.lit(False)).alias("_hit"))
+           .toArrow())
+    return sample_from_rows(got.column(Col.USER).to_numpy(zero_copy_only=False),
+                            got.column(Col.ITEM).to_numpy(zero_copy_only=False),
+                            got.column(CHANNEL).to_numpy(zero_copy_only=False),
+                            got.column(CHANNEL_RANK).to_numpy(zero_copy_only=False),
+                            got.column("_hit").to_numpy(zero_copy_only=False),
+                            counts.column(Col.USER).to_pylist(), counts.column("_n").to_numpy(zero_copy_only=False),
+                            list(lists))
+
+
 def learned_weights(recalls: dict[str, tuple[int, float]], cfg: MergeConfig) -> tuple[dict[str, float], dict[str, str]]:
     """({channel: RRF weight}, {channel: where it came from}) for the channels of ``cfg.quotas``.
 
@@ -185,4 +218,4 @@ def merge_recall(lists: dict[str, DataFrame], cfg: MergeConfig, blooms: DataFram
 
 
 __all__ = ["apply_quotas", "channel_candidates", "channel_validation", "learned_weights", "merge_recall", "rrf_fuse",
-           "snake_fuse", "snake_order"]
+           "snake_fuse", "snake_order", "validation_sample"]

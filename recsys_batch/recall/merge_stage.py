@@ -16,7 +16,8 @@ from recsys_batch.io import fs
 from recsys_batch.io.tables import TableStats, read_range, read_table, replace_partition
 from recsys_batch.matrix import events_partitions
 from recsys_batch.recall.exposure import bloom_metrics, build_exposure_bloom, exposed_items
-from recsys_batch.recall.merge import channel_validation, learned_weights, merge_recall
+from recsys_batch.recall.fusion_search import search_weights
+from recsys_batch.recall.merge import channel_validation, learned_weights, merge_recall, validation_sample
 from recsys_batch.schemas import Col
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,11 @@ def fusion_weights(spark: SparkSession, cfg: Config, run_date: date) -> tuple[di
     partition D: never a later batch, so the merge of D is reproducible), minus the pairs of P's ``user_item_matrix``:
     the published evaluation of P, done here because the evaluate stage of P ran before D's events came.
     No D - 1 lists or no positive event on D (day 1, a one-batch import): ``merge.weights`` for every
-    channel, said in the log and the metrics JSON.
+    channel, said in the log and the metrics JSON. ``merge.learn_method: search``: the ratio weights of the
+    validated channels are the start of :func:`recsys_batch.recall.fusion_search.search_weights` on
+    :func:`recsys_batch.recall.merge.validation_sample` (at least ``merge.learn_min_users`` sampled users,
+    else the ratio weights stay); the metrics JSON's ``search`` holds the sample size and the objective
+    before / after.
     """
     mc = cfg.merge
     info: dict[str, Any] = {"weights_from": "config", "validation_date": None, "validation": {}}
@@ -75,10 +80,25 @@ def fusion_weights(spark: SparkSession, cfg: Config, run_date: date) -> tuple[di
                for r in channel_validation(lists, test, mc.learn_k).collect()}
     weights, source = learned_weights(recalls, mc)
     info.update(validation_date=prev.isoformat(), learn_k=mc.learn_k,
-                validation={c: {"users": n, f"recall@{mc.learn_k}": r} for c, (n, r) in recalls.items()},
-                weights_from={c: source[c] for c in mc.channels})
-    if not any(v == "validation" for v in source.values()):
+                validation={c: {"users": n, f"recall@{mc.learn_k}": r} for c, (n, r) in recalls.items()})
+    validated = [c for c in mc.channels if source[c] == "validation" and c in lists]
+    if not validated:
         info["why"] = f"no channel validated on >= merge.learn_min_users ({mc.learn_min_users}) users"
+    elif mc.learn_method == "search":
+        sample = validation_sample(lists, test, mc.quotas, mc.search_max_users)
+        if len(sample.n_truth) >= mc.learn_min_users:
+            start = {c: weights[c] for c in sample.channels}
+            found, obj = search_weights(sample, start, validated, mc.rrf_k, mc.search_ks, mc.search_grid,
+                                        mc.search_rounds)
+            weights.update({c: found[c] for c in validated})
+            source.update({c: "search" for c in validated})
+            info["search"] = {"users": int(len(sample.n_truth)), "ks": list(mc.search_ks),
+                              "ratio_weights": {c: start[c] for c in validated},
+                              "objective_ratio_weights": obj["start"], "objective": obj["searched"]}
+        else:
+            info["search"] = {"users": int(len(sample.n_truth)),
+                              "why": f"fewer than merge.learn_min_users ({mc.learn_min_users}) users: ratio weights"}
+    info["weights_from"] = {c: source[c] for c in mc.channels}
     return weights, info
 
 
@@ -116,7 +136,11 @@ def run_merge(spark: SparkSession, cfg: Config, run_date: date) -> list[TableSta
     if mc.method == "rrf":
         log.info("merge %s: RRF weights %s (%s)", run_date,
                  ", ".join(f"{c} {weights[c]:.3f}" for c in lists),
-                 f"learned on the lists of {learned['validation_date']}" if learned["validation_date"]
+                 (f"learned on the lists of {learned['validation_date']}"
+                  + (f", searched on {learned['search']['users']:,} users: mean recall@{mc.search_ks} "
+                     f"{learned['search']['objective_ratio_weights']:.4f} -> {learned['search']['objective']:.4f}"
+                     if "objective" in learned.get("search", {}) else ""))
+                 if learned["validation_date"]
                  else f"merge.weights: {learned.get('why', 'merge.learn_weights is off')}")
     stats.append(replace_partition(merge_recall(lists, mc, blooms, weights), wh, "recall_merged", run_date))
 
