@@ -7,7 +7,8 @@ machine drifts by 10-20 % between processes. Synthetic spec with 40 noise numeri
 Each argument is a JSON dict of ``RankingConfig`` fields; ``"_old": true`` puts back the first pass's
 per-expert MMoE forward and ``nn.Embedding`` (to measure what the one-matmul MMoE and the index_add embedding
 backward save); ``"_old_din": true`` the DIN first layer as three matmuls and two [B, L, h] adds (before the
-per-row baddbmm); ``"_old_towers": true`` the task towers one at a time (before the batched towers).
+per-row baddbmm); ``"_old_towers": true`` the task towers one at a time (before the batched towers);
+``"_old_dropout": true`` ``nn.Dropout`` (bernoulli_ masks) instead of ``experts.Dropout``.
 """
 import json
 import resource
@@ -33,6 +34,7 @@ def cpu():
 setups = []
 import recsys_batch.ranking.inputs as _inp
 import recsys_batch.ranking.experts as _ex
+_FastDropout = _ex.Dropout
 import torch.nn.functional as F
 from recsys_batch.ranking.embedding import Embedding as _Fast
 _fused_forward = _ex.MMoE.forward
@@ -58,6 +60,7 @@ for v in variants:
     v = dict(v)
     old = v.pop("_old", False)
     old_towers = v.pop("_old_towers", False)
+    _ex.Dropout = torch.nn.Dropout if v.pop("_old_dropout", False) else _FastDropout
     _inputs_mod.DINAttention = _OldDIN if v.pop("_old_din", False) else _DIN
     _inp.Embedding = torch.nn.Embedding if old else _Fast
     _model.MMoE = _OldMMoE if old else _ex.MMoE
