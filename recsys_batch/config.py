@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, field_validator, model_validator,
+)
 
 from recsys_batch.errors import ConfigError
 
@@ -284,8 +286,9 @@ class MergeConfig(_Model):
     #: each validated channel's weight tried at every ``search_grid`` value, ``search_rounds`` passes
     #: (:mod:`recsys_batch.recall.fusion_search`) | ``ratio`` = w_c = recall_c / max recall alone
     learn_method: Literal["search", "ratio"] = "search"
-    search_ks: list[int] = Field(default_factory=lambda: [50, 200])
-    search_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0])
+    search_ks: list[PositiveInt] = Field(default_factory=lambda: [50, 200], min_length=1)
+    search_grid: list[NonNegativeFloat] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
+                                                min_length=1)
     search_rounds: int = Field(2, ge=1)
     search_max_users: int = Field(2000, ge=1)
     #: items per user in recall_merged (after the exposure filter)
@@ -329,20 +332,6 @@ class MergeConfig(_Model):
         if neg:
             raise ValueError(f"merge.weights must be >= 0, got {neg}")
         return self
-
-    @field_validator("search_ks")
-    @classmethod
-    def _search_ks(cls, v: list[int]) -> list[int]:
-        if not v or any(k < 1 for k in v):
-            raise ValueError(f"search_ks must be a non-empty list of cut-offs >= 1, got {v}")
-        return v
-
-    @field_validator("search_grid")
-    @classmethod
-    def _search_grid(cls, v: list[float]) -> list[float]:
-        if not v or any(x < 0 for x in v):
-            raise ValueError(f"search_grid must be a non-empty list of weights >= 0, got {v}")
-        return v
 
     def weight(self, channel: str) -> float:
         return float(self.weights.get(channel, 1.0))

@@ -48,9 +48,8 @@ class FusedRecall:
     reciprocal ranks are built once)."""
 
     def __init__(self, s: FusionSample, rrf_k: float, ks: list[int]):
-        key = s.user.astype(np.int64) * (int(s.item.max(initial=0)) + 1) + s.item
-        pairs, inv = np.unique(key, return_inverse=True)
         n_items = int(s.item.max(initial=0)) + 1
+        pairs, inv = np.unique(s.user.astype(np.int64) * n_items + s.item, return_inverse=True)
         self.pair_user = (pairs // n_items).astype(np.int64)
         self.pair_item = (pairs % n_items).astype(np.int64)
         self.rr = np.zeros((len(pairs), len(s.channels)))

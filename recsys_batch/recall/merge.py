@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -159,19 +160,26 @@ def validation_sample(lists: dict[str, DataFrame], test: DataFrame, quotas: dict
     in any channel of ``lists`` (day P's), at most ``max_users`` of them -- the first by xxhash64(user_id),
     so a fixed, id-spread subset --, their quota rows (rank within the quota, as the merge ranks them; no
     exposure filter: P's) with hit = the pair is in ``test``, and their test-pair counts. Cost: one window
-    on (user, channel) over the lists, joins with the broadcast sample; at most ``max_users`` x sum(quotas)
+    on (user, channel) over the lists, joins with the broadcast sample (the test pairs, the quota rows and the
+    sample's ids persisted for the two actions); at most ``max_users`` x sum(quotas)
     rows reach the driver (through Arrow)."""
     require_columns(test, [Col.USER, Col.ITEM], table="test pairs", where="merge validation")
-    pairs = test.select(Col.USER, Col.ITEM).distinct()
-    rows = apply_quotas(channel_candidates(lists), quotas)
+    pairs = test.select(Col.USER, Col.ITEM).distinct().persist(StorageLevel.MEMORY_AND_DISK)
+    rows = apply_quotas(channel_candidates(lists), quotas).persist(StorageLevel.MEMORY_AND_DISK)
+    # pairs, rows and the sampled ids are persisted: both actions below read them
     users = (pairs.select(Col.USER).distinct().join(rows.select(Col.USER).distinct(), on=Col.USER)
-             .orderBy(F.xxhash64(Col.USER), Col.USER).limit(max_users))
-    counts = (pairs.join(F.broadcast(users), on=Col.USER).groupBy(Col.USER)
-              .agg(F.count(F.lit(1)).alias("_n")).orderBy(Col.USER).toArrow())
-    got = (rows.join(F.broadcast(users), on=Col.USER)
-           .join(pairs.withColumn("_hit", F.lit(True)), on=[Col.USER, Col.ITEM], how="left")
-           .select(Col.USER, Col.ITEM, CHANNEL, CHANNEL_RANK, F.coalesce(F.col("_hit"), F.lit(False)).alias("_hit"))
-           .toArrow())
+             .orderBy(F.xxhash64(Col.USER), Col.USER).limit(max_users).persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        counts = (pairs.join(F.broadcast(users), on=Col.USER).groupBy(Col.USER)
+                  .agg(F.count(F.lit(1)).alias("_n")).orderBy(Col.USER).toArrow())
+        got = (rows.join(F.broadcast(users), on=Col.USER)
+               .join(pairs.withColumn("_hit", F.lit(True)), on=[Col.USER, Col.ITEM], how="left")
+               .select(Col.USER, Col.ITEM, CHANNEL, CHANNEL_RANK,
+                       F.coalesce(F.col("_hit"), F.lit(False)).alias("_hit"))
+               .toArrow())
+    finally:
+        for df in (users, pairs, rows):
+            df.unpersist()
     return sample_from_rows(got.column(Col.USER).to_numpy(zero_copy_only=False),
                             got.column(Col.ITEM).to_numpy(zero_copy_only=False),
                             got.column(CHANNEL).to_numpy(zero_copy_only=False),

@@ -7,10 +7,11 @@ import logging
 from datetime import date, timedelta
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_batch.config import Config, MatrixConfig
+from recsys_batch.config import Config, MatrixConfig, MergeConfig
 from recsys_batch.errors import ConfigError, MissingInput
 from recsys_batch.io import fs
 from recsys_batch.io.tables import TableStats, read_range, read_table, replace_partition
@@ -76,10 +77,21 @@ def fusion_weights(spark: SparkSession, cfg: Config, run_date: date) -> tuple[di
     matrix = read_table(spark, cfg.warehouse, "user_item_matrix", prev, required=False)
     if matrix is not None:
         test = test.join(matrix.select(Col.USER, Col.ITEM), on=[Col.USER, Col.ITEM], how="left_anti")
+    test = test.persist(StorageLevel.MEMORY_AND_DISK)  # read by the validation and the search's sample
+    info["validation_date"] = prev.isoformat()
+    try:
+        return _learn(lists, test, mc, info)
+    finally:
+        test.unpersist()
+
+
+def _learn(lists: dict[str, DataFrame], test: DataFrame, mc: MergeConfig,
+           info: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """:func:`fusion_weights` once the validation lists of D - 1 and the test pairs of D are there."""
     recalls = {r["channel"]: (int(r["users"]), float(r["recall"]))
                for r in channel_validation(lists, test, mc.learn_k).collect()}
     weights, source = learned_weights(recalls, mc)
-    info.update(validation_date=prev.isoformat(), learn_k=mc.learn_k,
+    info.update(learn_k=mc.learn_k,
                 validation={c: {"users": n, f"recall@{mc.learn_k}": r} for c, (n, r) in recalls.items()})
     validated = [c for c in mc.channels if source[c] == "validation" and c in lists]
     if not validated:
